@@ -1,0 +1,12 @@
+"""Type rules and schemas of every op, one module per op family; importing registers them."""
+
+from . import (  # noqa: F401
+    control,
+    elementwise,
+    index,
+    misc,
+    movement,
+    nn,
+    reduce,
+    rnn,
+)
