@@ -13,7 +13,7 @@ from collections.abc import Mapping, MutableMapping, Sequence
 import numpy as np
 
 from ..errors import ExecutionError, KilnError
-from ..ir.graph import Graph, Node
+from ..ir.graph import ElidedTensor, Graph, Node
 from ..ir.op import Op
 from ..ir.schema import op_def
 from ..ir.types import shape_matches
@@ -109,7 +109,13 @@ def _evaluate(
     node: Node, env: Mapping[str, np.ndarray], scope: MutableMapping[str, np.ndarray]
 ) -> list[np.ndarray | None]:
     if node.op is Op.CONSTANT:
-        return [node.attrs["value"]]
+        data = node.attrs["value"]
+        if isinstance(data, ElidedTensor):
+            raise ExecutionError(
+                f"{node.describe()}: constant data was elided from the IR text ({data.digest}); "
+                "print with full_constants=True to keep it"
+            )
+        return [data]
     fn = kernel_for(node.op)
     if fn is None:
         raise ExecutionError(f"{node.describe()}: the reference executor has no kernel")
