@@ -17,7 +17,7 @@ from kiln.compiler.ir.verify import verify
 
 GOLDEN = """\
 func @main(%x: f32[batch,3], %"onnx::w/0": f32[3]) -> (f32[batch,3], f16[batch,3]) {
-  %c = constant {value=dense<f32[]: [0.5]>} : f32[] loc("half")
+  %c = constant() {value=dense<f32[]: [0.5]>} : f32[] loc("half")
   %y = add(%x, %"onnx::w/0") : f32[batch,3] loc("add/0")
   %z = leaky_relu(%y) {alpha=0.25} : f32[batch,3]
   %m = mul(%z, %c) : f32[batch,3]
@@ -99,7 +99,7 @@ def test_absent_operands_and_symbolic_unknown_dims() -> None:
     )
     with pytest.raises(ParseError, match="%hi is used before it is defined"):
         parse_graph(text)
-    ok = text.replace("  %y", "  %hi = constant {value=dense<f32[]: [6.0]>} : f32[]\n  %y")
+    ok = text.replace("  %y", "  %hi = constant() {value=dense<f32[]: [6.0]>} : f32[]\n  %y")
     graph = parse_graph(ok)
     assert print_graph(graph) == ok
     assert graph.nodes[1].inputs[1] is None
@@ -117,7 +117,7 @@ def test_absent_operands_and_symbolic_unknown_dims() -> None:
          "relu has no attribute 'bogus'"),
         ("func @f(%x: f32[2]) -> (f32[3]) {\n  return %x\n}",
          "returns values whose types differ from its signature"),
-        ("func @f() -> (f32[2]) {\n  %c = constant {value=dense<f32[2]: [1.0]>} : f32[2]\n"
+        ("func @f() -> (f32[2]) {\n  %c = constant() {value=dense<f32[2]: [1.0]>} : f32[2]\n"
          "  return %c\n}", "f32[2] needs 2 elements, got 1"),
         ("func @f(%x: f32[2]) -> (f32[2]) {\n  %y = relu(%x) : f32[2]\n  return %y\n} extra",
          "expected end"),

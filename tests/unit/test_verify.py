@@ -43,9 +43,12 @@ def test_valid_graph_passes() -> None:
         (lambda g: dataclasses.replace(g, nodes=g.nodes[::-1]), "reads %y before it is defined"),
         (lambda g: replace_node(g, 1, dataclasses.replace(g.nodes[1], outputs=(Value("y", F2),))),
          "value %y is defined more than once"),
+        (lambda g: replace_node(g, 1, dataclasses.replace(
+            g.nodes[1], inputs=(Value("y", TensorType(DType.F32, (3,))), g.inputs[0]))),
+         "reads %y as f32[3], but it is defined as f32[2]"),
         (lambda g: replace_node(g, 0, dataclasses.replace(
             g.nodes[0], outputs=(Value("y", TensorType(DType.F32, (3,))),))),
-         "reads %y as f32[2], but it is defined as f32[3]"),
+         "output %y is typed f32[3], but the type rule gives f32[2]"),
         (lambda g: replace_node(g, 0, dataclasses.replace(g.nodes[0], attrs={"alpha": 1.0})),
          "unknown attribute 'alpha'"),
         (lambda g: replace_node(g, 0, dataclasses.replace(g.nodes[0], inputs=())),
