@@ -1,0 +1,1 @@
+"""Frontends: formats and APIs that produce Kiln graph IR."""

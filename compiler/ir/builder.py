@@ -114,7 +114,7 @@ class GraphBuilder:
             definition, name, inputs, full_attrs, [self.const_value(v) for v in inputs],
             len(out_names),
         )
-        values = [None if n is None else Value(n, t) for n, t in zip(out_names, types)]
+        values = [None if n is None else Value(n, t) for n, t in zip(out_names, types, strict=True)]
         node = Node(op, tuple(inputs), tuple(values), full_attrs, name)
         if not self._try_fold(node):
             self.nodes.append(node)
@@ -149,7 +149,7 @@ class GraphBuilder:
 
         data = {} if static_shape_query else {v.name: self.const_value(v) for v in present}
         results = evaluate_node(node, data, shape_only=static_shape_query)
-        for value, result in zip(node.outputs, results):
+        for value, result in zip(node.outputs, results, strict=True):
             if value is not None:
                 self.nodes.append(Node(Op.CONSTANT, (), (value,), {"value": result}, node.name))
                 self._consts[value.name] = result
@@ -259,9 +259,8 @@ def infer_types(
     try:
         types = definition.infer(ctx)
     except TypeInferenceError as error:
-        message = str(error)
-        if not message.startswith(definition.op.value):
-            raise ctx.fail(message) from None
+        if not str(error).startswith(str(ctx.fail("")).rstrip()):
+            raise ctx.fail(str(error)) from None
         raise
     if len(types) < n_outputs:
         raise ctx.fail(f"type rule gave {len(types)} output types for {n_outputs} outputs")

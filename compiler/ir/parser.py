@@ -165,7 +165,7 @@ class _Parser:
         except KilnError as error:
             raise self.fail(str(error)) from None
         outputs = []
-        for out_name, out_type in zip(out_names, types):
+        for out_name, out_type in zip(out_names, types, strict=True):
             if (out_name is None) != (out_type is None):
                 raise self.fail("an absent result '_' must have the type '_'")
             outputs.append(

@@ -48,6 +48,10 @@ class AttrSpec:
     default: Any = None
 
 
+def _sequence_default(default: Any) -> Any:
+    return default if default is None or default is REQUIRED else tuple(default)
+
+
 def INT(default: Any = None) -> AttrSpec:  # noqa: N802 - reads as a type in schema tables
     return AttrSpec(AttrKind.INT, default)
 
@@ -61,15 +65,15 @@ def STRING(default: Any = None) -> AttrSpec:  # noqa: N802
 
 
 def INTS(default: Any = None) -> AttrSpec:  # noqa: N802
-    return AttrSpec(AttrKind.INTS, None if default is None else tuple(default))
+    return AttrSpec(AttrKind.INTS, _sequence_default(default))
 
 
 def FLOATS(default: Any = None) -> AttrSpec:  # noqa: N802
-    return AttrSpec(AttrKind.FLOATS, None if default is None else tuple(default))
+    return AttrSpec(AttrKind.FLOATS, _sequence_default(default))
 
 
 def STRINGS(default: Any = None) -> AttrSpec:  # noqa: N802
-    return AttrSpec(AttrKind.STRINGS, None if default is None else tuple(default))
+    return AttrSpec(AttrKind.STRINGS, _sequence_default(default))
 
 
 def TENSOR(default: Any = None) -> AttrSpec:  # noqa: N802
@@ -148,7 +152,9 @@ class InferContext:
         dtype = self.input(index).dtype
         if dtype not in allowed:
             names = ", ".join(sorted(t.value for t in allowed))
-            raise self.fail(f"input {index} has element type {dtype.value}; expected one of {names}")
+            raise self.fail(
+                f"input {index} has element type {dtype.value}; expected one of {names}"
+            )
         return dtype
 
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Union
 
 import ml_dtypes
 import numpy as np
 
-Dim = Union[int, str]
+Dim = int | str
 UNKNOWN = "?"
 
 
@@ -148,4 +147,4 @@ def shape_matches(actual: tuple[int, ...], declared: tuple[Dim, ...]) -> bool:
     """True when a concrete shape fits a declared one (symbols and '?' match any extent)."""
     if len(actual) != len(declared):
         return False
-    return all(not isinstance(d, int) or d == a for a, d in zip(actual, declared))
+    return all(not isinstance(d, int) or d == a for a, d in zip(actual, declared, strict=True))

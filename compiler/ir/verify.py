@@ -93,7 +93,7 @@ class _Verifier:
             )
         except KilnError as error:
             raise VerificationError(f"{where}: type rule fails: {error}") from None
-        for value, expected in zip(node.outputs, inferred):
+        for value, expected in zip(node.outputs, inferred, strict=True):
             if value is not None and not _fits(value.type, expected):
                 raise VerificationError(
                     f"{where}: output %{value.name} is typed {value.type}, "
@@ -104,7 +104,7 @@ class _Verifier:
 def _fits(stored: TensorType, inferred: TensorType) -> bool:
     if stored.dtype != inferred.dtype or stored.rank != inferred.rank:
         return False
-    return all(i == UNKNOWN or s == i for s, i in zip(stored.shape, inferred.shape))
+    return all(i == UNKNOWN or s == i for s, i in zip(stored.shape, inferred.shape, strict=True))
 
 
 def _same_attrs(a: Mapping[str, object], b: Mapping[str, object]) -> bool:

@@ -69,7 +69,7 @@ def _run_graph(graph: Graph, env: MutableMapping[str, np.ndarray]) -> list[np.nd
     local: set[str] = set()
     for index, node in enumerate(graph.nodes):
         results = _evaluate(node, env, env)
-        for value, result in zip(node.outputs, results):
+        for value, result in zip(node.outputs, results, strict=False):
             if value is not None:
                 env[value.name] = result
                 local.add(value.name)
@@ -123,7 +123,7 @@ def _evaluate(
 
     def run_subgraph(body: Graph, body_inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         inner = ChainMap({}, scope) if isinstance(scope, ChainMap) else ChainMap({}, dict(scope))
-        for value, data in zip(body.inputs, body_inputs):
+        for value, data in zip(body.inputs, body_inputs, strict=True):
             inner[value.name] = np.asarray(data)
         return _run_graph(body, inner)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..op import Group, Op
 from ..schema import INT, INTS, STRING, InferContext, define
 from ..shapes import product, same_dim
-from ..types import FLOATS, UNKNOWN, DType, Dim, TensorType
+from ..types import FLOATS, UNKNOWN, Dim, DType, TensorType
 from .nn_geometry import kernel_shape_of, resolve_transpose_window, resolve_window
 
 QUANTIZED = frozenset({DType.I8, DType.U8})
@@ -34,15 +34,18 @@ def check_conv_operands(
     channels = x.shape[1]
     if transposed:
         if not same_dim(w.shape[0], channels):
-            raise ctx.fail(f"weight {w} has {w.shape[0]} input channels; the input {x} has "
-                           f"{channels}")
+            raise ctx.fail(
+                f"weight {w} has {w.shape[0]} input channels; the input {x} has {channels}"
+            )
         per_group = w.shape[1]
         out = per_group * group if isinstance(per_group, int) else UNKNOWN
     else:
         per_group = w.shape[1]
         if isinstance(per_group, int) and not same_dim(channels, per_group * group):
-            raise ctx.fail(f"weight {w} expects {per_group} x group {group} = {per_group * group} "
-                           f"input channels; the input {x} has {channels}")
+            raise ctx.fail(
+                f"weight {w} expects {per_group} x group {group} = {per_group * group} "
+                f"input channels; the input {x} has {channels}"
+            )
         out = w.shape[0]
         if isinstance(out, int) and out % group:
             raise ctx.fail(f"weight {w} has {out} output channels, not divisible by group {group}")
@@ -95,12 +98,12 @@ def _conv_transpose(ctx: InferContext) -> list[TensorType]:
 
 def check_zero_point(ctx: InferContext, index: int, like: int, what: str) -> None:
     if ctx.has_input(index) and ctx.input(index).dtype != ctx.input(like).dtype:
-        raise ctx.fail(f"{what} {ctx.input(index)} must have the element type of "
-                       f"{ctx.input(like)}")
+        raise ctx.fail(f"{what} {ctx.input(index)} must have the element type of {ctx.input(like)}")
 
 
-@define(Op.CONV_INTEGER, ["x", "w", "x_zero_point?", "w_zero_point?"], ["y"], WINDOW_ATTRS,
-        Group.CONV)
+@define(
+    Op.CONV_INTEGER, ["x", "w", "x_zero_point?", "w_zero_point?"], ["y"], WINDOW_ATTRS, Group.CONV
+)
 def _conv_integer(ctx: InferContext) -> list[TensorType]:
     """Integer convolution of zero-point-shifted 8-bit operands, accumulated in int32."""
     ctx.require_dtype(0, QUANTIZED)
@@ -112,8 +115,17 @@ def _conv_integer(ctx: InferContext) -> list[TensorType]:
 
 @define(
     Op.QLINEAR_CONV,
-    ["x", "x_scale", "x_zero_point", "w", "w_scale", "w_zero_point", "y_scale", "y_zero_point",
-     "B?"],
+    [
+        "x",
+        "x_scale",
+        "x_zero_point",
+        "w",
+        "w_scale",
+        "w_zero_point",
+        "y_scale",
+        "y_zero_point",
+        "B?",
+    ],
     ["y"],
     WINDOW_ATTRS,
     Group.CONV,
@@ -166,8 +178,13 @@ def _deform_conv(ctx: InferContext) -> list[TensorType]:
     return [TensorType(dtype, shape)]
 
 
-@define(Op.COL2IM, ["input", "image_shape", "block_shape"], ["output"],
-        {"dilations": INTS(), "pads": INTS(), "strides": INTS()}, Group.CONV)
+@define(
+    Op.COL2IM,
+    ["input", "image_shape", "block_shape"],
+    ["output"],
+    {"dilations": INTS(), "pads": INTS(), "strides": INTS()},
+    Group.CONV,
+)
 def _col2im(ctx: InferContext) -> list[TensorType]:
     """Rearrange [N, C*prod(block), L] column blocks into an [N, C, *image_shape] image."""
     x = ctx.input(0)
@@ -188,14 +205,20 @@ def _col2im(ctx: InferContext) -> list[TensorType]:
         size = product(int(v) for v in block)
         if isinstance(x.shape[1], int):
             if x.shape[1] % size:
-                raise ctx.fail(f"input channels {x.shape[1]} are not a multiple of the block "
-                               f"size {size}")
+                raise ctx.fail(
+                    f"input channels {x.shape[1]} are not a multiple of the block size {size}"
+                )
             channels = x.shape[1] // size
     return [TensorType(x.dtype, (x.shape[0], channels, *dims))]
 
 
-@define(Op.CAUSAL_CONV_WITH_STATE, ["input", "weight", "bias?", "past_state?"],
-        ["output", "present_state"], {"activation": STRING("none")}, Group.CONV)
+@define(
+    Op.CAUSAL_CONV_WITH_STATE,
+    ["input", "weight", "bias?", "past_state?"],
+    ["output", "present_state"],
+    {"activation": STRING("none")},
+    Group.CONV,
+)
 def _causal_conv(ctx: InferContext) -> list[TensorType]:
     """Stateful causal depthwise 1-D conv; present_state keeps the last k-1 positions."""
     dtype = ctx.require_dtype(0, FLOATS)
@@ -214,4 +237,3 @@ def _causal_conv(ctx: InferContext) -> list[TensorType]:
         if past.rank != 3 or not same_dim(past.shape[2], state):
             raise ctx.fail(f"past_state {past} must be [batch, channels, k - 1]")
     return [TensorType(dtype, x.shape), TensorType(dtype, (x.shape[0], x.shape[1], state))]
-

@@ -36,7 +36,7 @@ class Window:
     @property
     def extent(self) -> tuple[int, ...]:
         """Span of each dilated kernel axis."""
-        return tuple((k - 1) * d + 1 for k, d in zip(self.kernel, self.dilations))
+        return tuple((k - 1) * d + 1 for k, d in zip(self.kernel, self.dilations, strict=False))
 
 
 def int_list(
@@ -69,15 +69,19 @@ def kernel_shape_of(
     if given is not None:
         kernel = tuple(int(k) for k in given)
         if len(kernel) != n:
-            raise fail(f"kernel_shape {list(kernel)} has {len(kernel)} axes; the input has {n} "
-                       "spatial axes")
+            raise fail(
+                f"kernel_shape {list(kernel)} has {len(kernel)} axes; the input has {n} "
+                "spatial axes"
+            )
         if any(k < 1 for k in kernel):
             raise fail(f"kernel_shape {list(kernel)} must be positive")
         if inferred is not None:
-            for k, w in zip(kernel, inferred):
+            for k, w in zip(kernel, inferred, strict=False):
                 if isinstance(w, int) and w != k:
-                    raise fail(f"kernel_shape {list(kernel)} does not match the weight's spatial "
-                               f"shape {list(inferred)}")
+                    raise fail(
+                        f"kernel_shape {list(kernel)} does not match the weight's spatial "
+                        f"shape {list(inferred)}"
+                    )
         return kernel
     if inferred is None:
         raise fail("attribute kernel_shape is required")
@@ -108,9 +112,9 @@ def resolve_window(
     dilations = int_list(attrs, "dilations", n, 1, fail)
     explicit = int_list(attrs, "pads", 2 * n, 0, fail, minimum=0)
     mode = auto_pad_of(attrs, fail)
-    extents = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilations))
+    extents = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=False))
     begins, ends, outs = [], [], []
-    for axis, (size, extent, stride) in enumerate(zip(spatial, extents, strides)):
+    for axis, (size, extent, stride) in enumerate(zip(spatial, extents, strides, strict=False)):
         if mode in ("SAME_UPPER", "SAME_LOWER"):
             if isinstance(size, int):
                 begin, end, out = _same_pads(extent, stride, size, mode == "SAME_UPPER")
@@ -133,8 +137,9 @@ def _window_count(
         return size if stride == 1 and padding == extent - 1 else UNKNOWN
     span = size + padding - extent
     if span < 0:
-        raise fail(f"window of extent {extent} does not fit an input extent {size} padded by "
-                   f"{padding}")
+        raise fail(
+            f"window of extent {extent} does not fit an input extent {size} padded by {padding}"
+        )
     out = (-(-span // stride) if ceil_mode else span // stride) + 1
     # A ceil-mode window must still start inside the input or its begin padding.
     if ceil_mode and (out - 1) * stride >= size + begin:
@@ -159,10 +164,12 @@ def resolve_transpose_window(
         if len(given) != n:
             raise fail(f"output_shape {list(given)} needs {n} spatial extents")
     begins, ends, outs = [], [], []
-    for axis, (size, k, s, d) in enumerate(zip(spatial, kernel, strides, dilations)):
+    for axis, (size, k, s, d) in enumerate(zip(spatial, kernel, strides, dilations, strict=False)):
         if out_pad[axis] >= max(s, d):
-            raise fail(f"output_padding {list(out_pad)} must be smaller than the stride or "
-                       "dilation of its axis")
+            raise fail(
+                f"output_padding {list(out_pad)} must be smaller than the stride or "
+                "dilation of its axis"
+            )
         if not isinstance(size, int):
             begins.append(0)
             ends.append(0)

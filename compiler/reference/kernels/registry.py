@@ -70,11 +70,11 @@ def _load_kernels() -> None:
         control,
         elementwise,
         index,
+        misc,
         movement,
         nn,
         reduce,
         rnn,
-        misc,
     )
 
 

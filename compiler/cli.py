@@ -1,0 +1,294 @@
+"""The ``kiln`` command line: ``kiln inspect`` and ``kiln run`` on ONNX models.
+
+This module is Kiln's one composition root: it is the only place under ``kiln.compiler`` that
+reaches a frontend, and it does so inside the command functions (never at module top level), so
+importing ``kiln.compiler`` stays free of ONNX. ``tests/unit/test_layering.py`` enforces both.
+
+Errors print one line, ``kiln: error: ...``, and exit non-zero (2 for usage errors, 1 for the
+rest); ``--debug`` shows the traceback instead. Output is quiet by default: ``--verbose`` adds
+progress lines on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import numpy as np
+
+from .analysis.summary import format_summary, summarize
+from .errors import KilnError
+from .ir.graph import Graph
+from .ir.types import DType, TensorType
+
+PROG = "kiln"
+
+
+class UsageError(Exception):
+    """A command line that names things the model does not have, or that cannot be parsed."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors that point at ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``kiln`` command line; returns the process exit status."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    log = _progress_logger(getattr(args, "verbose", False))
+    try:
+        args.handler(args, log)
+    except Exception as error:  # every failure becomes one line unless --debug asks for more
+        if getattr(args, "debug", False):
+            raise
+        print(f"{PROG}: error: {_describe(error)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, (KilnError, UsageError)):
+        return str(error)
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or error}"
+    return f"internal error: {type(error).__name__}: {error} (rerun with --debug for details)"
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    # Shared flags are accepted before or after the command; SUPPRESS keeps a subcommand's
+    # default from overwriting a value given before it (main reads them with getattr; the
+    # action objects are shared between parsers, so set_defaults would undo the SUPPRESS).
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="print progress on stderr")
+
+    parser = _Parser(prog=PROG, parents=[common],
+                     description="Kiln: an ahead-of-time compiler for ONNX models.")
+    parser.set_defaults(command=None)
+    commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+
+    inspect = commands.add_parser(
+        "inspect", parents=[common], help="summarize a model (ops, parameters, FLOPs, I/O)",
+        description="Print a model's inputs and outputs, op counts, parameter count and bytes, "
+                    "and estimated FLOPs (symbolic dimensions taken as 1 unless bound).",
+    )
+    inspect.add_argument("model", type=Path, help="an .onnx file")
+    inspect.add_argument("--ir", action="store_true", help="also print the graph IR text")
+    inspect.add_argument("--full-constants", action="store_true",
+                         help="with --ir, print constants whole instead of as digests")
+    _add_input_shape(inspect, "bind symbolic dimensions for the FLOP estimate")
+    inspect.set_defaults(handler=_inspect)
+
+    run = commands.add_parser(
+        "run", parents=[common], help="run a model with the reference executor",
+        description="Run a model with the numpy reference executor and print each output's "
+                    "name, shape, element type and checksum (sum and sha256 prefix of its "
+                    "bytes). Inputs missing from --inputs are an error; without --inputs every "
+                    "input is random (floats standard normal, integers in [0, 3), bools fair).",
+    )
+    run.add_argument("model", type=Path, help="an .onnx file")
+    run.add_argument("--inputs", type=Path, metavar="IN.npz",
+                     help="input arrays, one per graph input, keyed by input name")
+    run.add_argument("--output", type=Path, metavar="OUT.npz",
+                     help="save the outputs, keyed by output name")
+    run.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    _add_input_shape(run, "shape of a random input whose dimensions are symbolic")
+    run.set_defaults(handler=_run)
+    return parser
+
+
+def _add_input_shape(parser: argparse.ArgumentParser, purpose: str) -> None:
+    parser.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
+                        type=_parse_input_shape, help=f"{purpose}; repeatable")
+
+
+def _parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    name, sep, dims = text.rpartition("=")
+    try:
+        shape = tuple(int(d) for d in dims.split(",")) if dims.strip() else ()
+    except ValueError:
+        shape = (-1,)
+    if not sep or not name or any(d < 0 for d in shape):
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=D0,D1,... with non-negative integer dims, got {text!r}"
+        )
+    return name, shape
+
+
+def _progress_logger(verbose: bool) -> Callable[[str], None]:
+    start = time.perf_counter()
+
+    def log(message: str) -> None:
+        if verbose:
+            print(f"[{time.perf_counter() - start:7.2f}s] {message}", file=sys.stderr)
+
+    return log
+
+
+def _load(path: Path, log: Callable[[str], None]) -> Graph:
+    if not path.is_file():
+        raise UsageError(f"model file '{path}' does not exist")
+    from kiln.frontends.onnx import load_onnx  # the composition root's one frontend import
+
+    log(f"loading {path}")
+    graph = load_onnx(path)
+    log(f"loaded {sum(1 for _ in graph.walk())} nodes")
+    return graph
+
+
+def _inspect(args: argparse.Namespace, log: Callable[[str], None]) -> None:
+    graph = _load(args.model, log)
+    dims = _bind_symbols(graph, dict(args.input_shape))
+    print(format_summary(summarize(graph, dims)))
+    if args.ir:
+        from .ir.printer import print_graph
+
+        print()
+        print(print_graph(graph, full_constants=args.full_constants), end="")
+
+
+def _run(args: argparse.Namespace, log: Callable[[str], None]) -> None:
+    from . import reference
+
+    graph = _load(args.model, log)
+    if args.inputs is not None:
+        inputs = _read_inputs(graph, args.inputs)
+    else:
+        inputs = _random_inputs(graph, dict(args.input_shape), args.seed)
+    for name, array in inputs.items():
+        log(f"input {name}: {_describe_array(array)}")
+    log("running the reference executor")
+    outputs = reference.run(graph, inputs)
+    log("done")
+    named = {value.name: array for value, array in zip(graph.outputs, outputs, strict=True)}
+    width = max((len(name) for name in named), default=0)
+    for name, array in named.items():
+        print(f"{name:<{width}}  {_describe_array(array)}  {_checksum(array)}")
+    if args.output is not None:
+        _save_outputs(args.output, named)
+        log(f"wrote {args.output}")
+
+
+def _save_outputs(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """An .npz archive readable by numpy.load; written by hand because numpy.savez's keyword
+    form would reject outputs named like its own parameters ('file', 'allow_pickle')."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+
+
+def _read_inputs(graph: Graph, path: Path) -> dict[str, np.ndarray]:
+    try:
+        data = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise UsageError(f"--inputs file '{path}' does not exist") from None
+    except (OSError, ValueError):
+        raise UsageError(f"--inputs file '{path}' is not a readable .npz archive") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise UsageError(f"--inputs file '{path}' holds one unnamed array; expected an .npz "
+                         "archive with one array per input name (numpy.savez)")
+    try:
+        with data:
+            inputs = {name: data[name] for name in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise UsageError(f"--inputs file '{path}' is damaged: {error}") from None
+    expected = [v.name for v in graph.inputs]
+    missing = [n for n in expected if n not in inputs]
+    extra = [n for n in inputs if n not in expected]
+    if missing or extra:
+        raise UsageError(
+            f"--inputs '{path}' holds {sorted(inputs)}, but the model's inputs are {expected}"
+            + (f"; missing {missing}" if missing else "")
+            + (f"; unknown {extra}" if extra else "")
+        )
+    return inputs
+
+
+def _bind_symbols(graph: Graph, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
+    """Symbol extents implied by ``--input-shape`` values, after checking them against types."""
+    bound: dict[str, int] = {}
+    for name, shape in shapes.items():
+        try:
+            declared = graph.input_named(name).type.shape
+        except KeyError:
+            raise UsageError(
+                f"--input-shape names {name!r}, but the model's inputs are "
+                f"{[v.name for v in graph.inputs]}"
+            ) from None
+        if len(shape) != len(declared) or any(
+            isinstance(d, int) and d != s for d, s in zip(declared, shape, strict=False)
+        ):
+            raise UsageError(
+                f"--input-shape {name}={','.join(map(str, shape))} does not fit the declared "
+                f"shape [{','.join(map(str, declared))}]"
+            )
+        for dim, size in zip(declared, shape, strict=True):
+            if isinstance(dim, str) and bound.setdefault(dim, size) != size:
+                raise UsageError(
+                    f"--input-shape gives symbol {dim!r} two extents, {bound[dim]} and {size}"
+                )
+    return bound
+
+
+def _random_inputs(
+    graph: Graph, shapes: Mapping[str, tuple[int, ...]], seed: int
+) -> dict[str, np.ndarray]:
+    """Random arrays of each input's type; symbols resolve through ``--input-shape``."""
+    bound = _bind_symbols(graph, shapes)
+    rng = np.random.default_rng(seed)
+    inputs: dict[str, np.ndarray] = {}
+    for value in graph.inputs:
+        shape = (shapes[value.name] if value.name in shapes
+                 else _concrete_shape(value.name, value.type, bound))
+        inputs[value.name] = _random_array(rng, value.type.dtype, shape)
+    return inputs
+
+
+def _concrete_shape(name: str, type_: TensorType, bound: Mapping[str, int]) -> tuple[int, ...]:
+    free = [d for d in type_.shape if isinstance(d, str) and d not in bound]
+    if free:
+        example = ",".join(str(d) if isinstance(d, int) else "1" for d in type_.shape)
+        raise UsageError(
+            f"input {name!r} has type {type_} with unbound dimensions {free}; give its shape "
+            f"with --input-shape {name}={example} (or pass --inputs)"
+        )
+    return tuple(d if isinstance(d, int) else bound[d] for d in type_.shape)
+
+
+def _random_array(rng: np.random.Generator, dtype: DType, shape: tuple[int, ...]) -> np.ndarray:
+    # Small non-negative integers keep index-like inputs (Gather indices, axes) in range.
+    if dtype.is_float:
+        return rng.standard_normal(shape).astype(dtype.numpy)
+    if dtype is DType.BOOL:
+        return rng.random(shape) < 0.5
+    return rng.integers(0, 3, size=shape).astype(dtype.numpy)
+
+
+def _describe_array(array: np.ndarray) -> str:
+    return f"{DType.from_numpy(array.dtype).value}[{','.join(map(str, array.shape))}]"
+
+
+def _checksum(array: np.ndarray) -> str:
+    total = float(np.sum(array, dtype=np.float64))
+    digest = hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
+    return f"sum={total:.9g} sha256={digest}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
