@@ -1,0 +1,1 @@
+"""Lowering: graph IR nodes to kernel IR loop nests, and schedules over them."""

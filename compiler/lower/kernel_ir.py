@@ -1,0 +1,391 @@
+"""The kernel IR: loop nests over buffers, the one place where ops get loop semantics.
+
+Lowering turns each graph node into ``Kernel``s; schedules transform them; the LLVM (CPU) and
+NVPTX (GPU) emitters read them. Everything is an immutable dataclass.
+
+- ``Buffer``: a named, typed, statically shaped array, row-major with element strides.
+- Expressions (``Expr``): constants, variables (loop indices and scalar locals), loads, unary
+  and binary arithmetic, comparisons, selects and casts; each has a ``dtype``. Index arithmetic
+  is ``i64``. Python operators build expressions: ``i * 4 + j``, ``x.load(i, j) + 1.0``.
+- Statements (``Stmt``): ``Loop`` (annotated serial / parallel / vectorize / unroll, room for
+  GPU block / thread binding), ``Store``, ``Block``, ``If``, ``Declare`` / ``Assign`` of scalar
+  locals (accumulators), ``Report`` of a run-time failure in the data.
+
+Semantics of the operators (what every backend must implement):
+- ``div`` on floats is IEEE division; on integers it truncates toward zero (C, and ONNX Div).
+- ``rem`` is C's remainder (sign of the dividend): ``fmod`` for floats, ``srem``/``urem`` ints.
+- ``min``/``max`` on floats propagate NaN (ONNX Min/Max), unlike C's fmin/fmax.
+- ``shl``/``shr``: logical shifts for unsigned, arithmetic right shift for signed; a shift
+  count >= the bit width gives 0 (ONNX BitShift), never undefined behaviour.
+- ``round`` rounds half to even; ``cast`` from float to int truncates toward zero and saturates
+  (NaN gives 0), from anything to bool is ``x != 0``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ..ir.types import DType
+
+UNARY_OPS = frozenset({
+    "neg", "abs", "exp", "log", "sqrt", "rsqrt", "tanh", "erf", "sigmoid", "sin", "cos", "tan",
+    "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh", "floor", "ceil", "round",
+    "trunc", "not", "isnan", "isinf", "sign",
+})
+BINARY_OPS = frozenset({
+    "add", "sub", "mul", "div", "rem", "min", "max", "pow", "and", "or", "xor", "shl", "shr",
+    "atan2",
+})
+COMPARE_OPS = frozenset({"eq", "ne", "lt", "le", "gt", "ge"})
+_BOOL_RESULT_UNARY = frozenset({"isnan", "isinf"})
+
+
+class LoopKind(enum.Enum):
+    SERIAL = "serial"
+    PARALLEL = "parallel"
+    VECTORIZE = "vectorize"
+    UNROLL = "unroll"
+    GPU_BLOCK = "gpu_block"
+    GPU_THREAD = "gpu_thread"
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """A kernel operand: element type, static shape; row-major unless ``strides`` is given."""
+
+    name: str
+    dtype: DType
+    shape: tuple[int, ...]
+    strides: tuple[int, ...] | None = None
+
+    @property
+    def element_strides(self) -> tuple[int, ...]:
+        if self.strides is not None:
+            return self.strides
+        strides, step = [], 1
+        for extent in reversed(self.shape):
+            strides.append(step)
+            step *= extent
+        return tuple(reversed(strides))
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for extent in self.shape:
+            n *= extent
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+    def load(self, *indices: ExprLike) -> Load:
+        if len(indices) != len(self.shape):
+            raise ValueError(f"buffer {self.name} has rank {len(self.shape)}, got {len(indices)}")
+        return Load(self, tuple(as_index(i) for i in indices))
+
+    def store(self, indices: tuple[ExprLike, ...] | list[ExprLike], value: ExprLike) -> Store:
+        if len(indices) != len(self.shape):
+            raise ValueError(f"buffer {self.name} has rank {len(self.shape)}, got {len(indices)}")
+        return Store(self, tuple(as_index(i) for i in indices), as_expr(value, self.dtype))
+
+
+class Expr:
+    """Base of expressions; subclasses define ``dtype``. Operators build new expressions."""
+
+    dtype: DType
+
+    def _bin(self, op: str, other: ExprLike, reverse: bool = False) -> Binary:
+        other_expr = as_expr(other, self.dtype)
+        return Binary(op, other_expr, self) if reverse else Binary(op, self, other_expr)
+
+    def __add__(self, other: ExprLike) -> Binary:
+        return self._bin("add", other)
+
+    def __radd__(self, other: ExprLike) -> Binary:
+        return self._bin("add", other, True)
+
+    def __sub__(self, other: ExprLike) -> Binary:
+        return self._bin("sub", other)
+
+    def __rsub__(self, other: ExprLike) -> Binary:
+        return self._bin("sub", other, True)
+
+    def __mul__(self, other: ExprLike) -> Binary:
+        return self._bin("mul", other)
+
+    def __rmul__(self, other: ExprLike) -> Binary:
+        return self._bin("mul", other, True)
+
+    def __truediv__(self, other: ExprLike) -> Binary:
+        return self._bin("div", other)
+
+    def __floordiv__(self, other: ExprLike) -> Binary:
+        # Index arithmetic only (non-negative operands), where truncation equals flooring.
+        return self._bin("div", other)
+
+    def __mod__(self, other: ExprLike) -> Binary:
+        return self._bin("rem", other)
+
+    def __neg__(self) -> Unary:
+        return Unary("neg", self)
+
+    def eq(self, other: ExprLike) -> Compare:
+        return Compare("eq", self, as_expr(other, self.dtype))
+
+    def ne(self, other: ExprLike) -> Compare:
+        return Compare("ne", self, as_expr(other, self.dtype))
+
+    def __lt__(self, other: ExprLike) -> Compare:  # type: ignore[override]
+        return Compare("lt", self, as_expr(other, self.dtype))
+
+    def __le__(self, other: ExprLike) -> Compare:  # type: ignore[override]
+        return Compare("le", self, as_expr(other, self.dtype))
+
+    def __gt__(self, other: ExprLike) -> Compare:  # type: ignore[override]
+        return Compare("gt", self, as_expr(other, self.dtype))
+
+    def __ge__(self, other: ExprLike) -> Compare:  # type: ignore[override]
+        return Compare("ge", self, as_expr(other, self.dtype))
+
+    def cast(self, dtype: DType) -> Expr:
+        return self if dtype == self.dtype else Cast(self, dtype)
+
+
+ExprLike = Expr | int | float | bool
+
+
+@dataclass(frozen=True, eq=False)
+class Const(Expr):
+    value: int | float | bool
+    dtype: DType
+
+
+@dataclass(frozen=True, eq=False)
+class Var(Expr):
+    """A loop index (i64) or a scalar local declared with ``Declare``."""
+
+    name: str
+    dtype: DType = DType.I64
+
+
+@dataclass(frozen=True, eq=False)
+class Load(Expr):
+    buffer: Buffer
+    indices: tuple[Expr, ...]
+
+    @property
+    def dtype(self) -> DType:  # type: ignore[override]
+        return self.buffer.dtype
+
+
+@dataclass(frozen=True, eq=False)
+class Unary(Expr):
+    op: str
+    x: Expr
+
+    def __post_init__(self) -> None:
+        if self.op not in UNARY_OPS:
+            raise ValueError(f"unknown unary op {self.op!r}")
+
+    @property
+    def dtype(self) -> DType:  # type: ignore[override]
+        return DType.BOOL if self.op in _BOOL_RESULT_UNARY else self.x.dtype
+
+
+@dataclass(frozen=True, eq=False)
+class Binary(Expr):
+    op: str
+    a: Expr
+    b: Expr
+
+    def __post_init__(self) -> None:
+        if self.op not in BINARY_OPS:
+            raise ValueError(f"unknown binary op {self.op!r}")
+        if self.a.dtype != self.b.dtype:
+            raise ValueError(
+                f"{self.op}: operand types differ ({self.a.dtype.value} vs {self.b.dtype.value})"
+            )
+
+    @property
+    def dtype(self) -> DType:  # type: ignore[override]
+        return self.a.dtype
+
+
+@dataclass(frozen=True, eq=False)
+class Compare(Expr):
+    op: str
+    a: Expr
+    b: Expr
+
+    def __post_init__(self) -> None:
+        if self.op not in COMPARE_OPS:
+            raise ValueError(f"unknown comparison {self.op!r}")
+        if self.a.dtype != self.b.dtype:
+            raise ValueError(
+                f"{self.op}: operand types differ ({self.a.dtype.value} vs {self.b.dtype.value})"
+            )
+
+    @property
+    def dtype(self) -> DType:  # type: ignore[override]
+        return DType.BOOL
+
+
+@dataclass(frozen=True, eq=False)
+class Select(Expr):
+    cond: Expr
+    a: Expr
+    b: Expr
+
+    def __post_init__(self) -> None:
+        if self.cond.dtype is not DType.BOOL or self.a.dtype != self.b.dtype:
+            raise ValueError("select needs a bool condition and operands of one type")
+
+    @property
+    def dtype(self) -> DType:  # type: ignore[override]
+        return self.a.dtype
+
+
+@dataclass(frozen=True, eq=False)
+class Cast(Expr):
+    x: Expr
+    dtype: DType
+
+
+class Stmt:
+    """Base of statements."""
+
+
+@dataclass(frozen=True, eq=False)
+class Store(Stmt):
+    buffer: Buffer
+    indices: tuple[Expr, ...]
+    value: Expr
+
+
+@dataclass(frozen=True, eq=False)
+class Block(Stmt):
+    body: tuple[Stmt, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class Loop(Stmt):
+    """``for var in range(extent)``; ``vector_width`` applies to VECTORIZE loops."""
+
+    var: Var
+    extent: Expr
+    body: Stmt
+    kind: LoopKind = LoopKind.SERIAL
+    vector_width: int = 0
+
+
+@dataclass(frozen=True, eq=False)
+class If(Stmt):
+    cond: Expr
+    then: Stmt
+    otherwise: Stmt | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Declare(Stmt):
+    """Declare scalar local ``var`` (mutable, visible to the rest of the enclosing block)."""
+
+    var: Var
+    init: Expr
+
+
+@dataclass(frozen=True, eq=False)
+class Assign(Stmt):
+    var: Var
+    value: Expr
+
+
+@dataclass(frozen=True, eq=False)
+class Report(Stmt):
+    """Record a run-time failure (bad data, e.g. an index out of range). Execution goes on; the
+    run then fails with this message instead of returning outputs. Guard the offending access
+    separately: a reported kernel must still never touch memory out of bounds."""
+
+    message: str
+
+
+@dataclass(frozen=True, eq=False)
+class Kernel:
+    """One compiled function: reads ``inputs``, writes ``outputs``, may use ``scratch``.
+
+    Buffers are bound by position in the order inputs, outputs, scratch. ``source`` names the
+    graph nodes it implements (for profiles and messages)."""
+
+    name: str
+    inputs: tuple[Buffer, ...]
+    outputs: tuple[Buffer, ...]
+    body: Stmt
+    scratch: tuple[Buffer, ...] = ()
+    source: tuple[str, ...] = field(default=())
+
+    @property
+    def params(self) -> tuple[Buffer, ...]:
+        return self.inputs + self.outputs + self.scratch
+
+
+def as_expr(value: ExprLike, dtype: DType) -> Expr:
+    """An expression for ``value``; Python numbers become constants of ``dtype``."""
+    if isinstance(value, Expr):
+        return value
+    if dtype is DType.BOOL:
+        return Const(bool(value), dtype)
+    if dtype.is_int:
+        return Const(int(value), dtype)
+    return Const(float(value), dtype)
+
+
+def as_index(value: ExprLike) -> Expr:
+    expr = as_expr(value, DType.I64)
+    if expr.dtype is not DType.I64:
+        raise ValueError(f"an index must be i64, got {expr.dtype.value}")
+    return expr
+
+
+def block(*stmts: Stmt | list[Stmt]) -> Block:
+    """A block from statements and lists of statements (flattened)."""
+    flat: list[Stmt] = []
+    for item in stmts:
+        if isinstance(item, list):
+            flat.extend(item)
+        else:
+            flat.append(item)
+    return Block(tuple(flat))
+
+
+def unary(op: str, x: Expr) -> Unary:
+    return Unary(op, x)
+
+
+def binary(op: str, a: ExprLike, b: ExprLike) -> Binary:
+    if isinstance(a, Expr):
+        return Binary(op, a, as_expr(b, a.dtype))
+    assert isinstance(b, Expr)
+    return Binary(op, as_expr(a, b.dtype), b)
+
+
+def select(cond: Expr, a: ExprLike, b: ExprLike) -> Select:
+    if isinstance(a, Expr):
+        return Select(cond, a, as_expr(b, a.dtype))
+    assert isinstance(b, Expr)
+    return Select(cond, as_expr(a, b.dtype), b)
+
+
+def loop_nest(
+    names: Sequence[str],
+    extents: Sequence[int],
+    make_body: Callable[[list[Var]], Stmt],
+    kind: LoopKind = LoopKind.SERIAL,
+) -> Stmt:
+    """Nested loops ``for names[0] in extents[0]: for names[1] ...: make_body(vars)``."""
+    variables = [Var(n) for n in names]
+    body: Stmt = make_body(variables)
+    for var, extent in reversed(list(zip(variables, extents, strict=True))):
+        body = Loop(var, Const(int(extent), DType.I64), body, kind)
+    return body

@@ -1,0 +1,12 @@
+"""Lowerings of every op to kernel IR, one module per op family (registered on import)."""
+
+from __future__ import annotations
+
+import importlib
+
+FAMILIES = ("elementwise", "reduce", "nn", "movement", "index", "rnn", "control", "misc")
+
+
+def load_all() -> None:
+    for family in FAMILIES:
+        importlib.import_module(f"{__name__}.{family}")

@@ -1,0 +1,146 @@
+"""The table from op to lowering, and what a lowering sees of its node.
+
+A lowering is ``fn(ctx: LowerContext) -> list[Kernel]``: the kernels that together compute the
+node's outputs from its inputs, run in order. Every buffer has a static shape (symbols are bound
+before lowering). Scratch buffers shared by the node's kernels come from ``ctx.scratch``; the
+plan places them in the arena for the node's lifetime.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import KilnError
+from ..ir.graph import Node
+from ..ir.op import Op
+from ..ir.types import DType
+from .kernel_ir import Buffer, Kernel, Stmt
+
+Lowering = Callable[["LowerContext"], list[Kernel]]
+
+_LOWERINGS: dict[Op, Lowering] = {}
+
+
+class LoweringError(KilnError):
+    """A node cannot be lowered (unsupported attribute combination, dynamic shape...)."""
+
+
+def lowering(*ops: Op) -> Callable[[Lowering], Lowering]:
+    """Decorator registering ``fn`` as the lowering of each op in ``ops``."""
+
+    def register(fn: Lowering) -> Lowering:
+        for op in ops:
+            if op in _LOWERINGS:
+                raise RuntimeError(f"lowering for {op.value} registered twice")
+            _LOWERINGS[op] = fn
+        return fn
+
+    return register
+
+
+def _load_lowerings() -> None:
+    from .ops import load_all
+
+    load_all()
+
+
+def lowering_for(op: Op) -> Lowering | None:
+    if not _LOWERINGS:
+        _load_lowerings()
+    return _LOWERINGS.get(op)
+
+
+def lowerings() -> dict[Op, Lowering]:
+    if not _LOWERINGS:
+        _load_lowerings()
+    return dict(_LOWERINGS)
+
+
+class LowerContext:
+    """One node to lower: attributes (defaults filled), buffers, values of constant inputs."""
+
+    def __init__(
+        self,
+        node: Node,
+        attrs: dict[str, Any],
+        inputs: Sequence[Buffer | None],
+        outputs: Sequence[Buffer | None],
+        consts: Sequence[np.ndarray | None],
+        name: str,
+    ) -> None:
+        self.node = node
+        self.op = node.op
+        self.attrs = attrs
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+        self.consts = list(consts)
+        self.name = name
+        self.scratch_buffers: list[Buffer] = []
+        self._kernel_count = 0
+
+    def attr(self, name: str) -> Any:
+        return self.attrs.get(name)
+
+    def input(self, index: int) -> Buffer:
+        found = self.inputs[index] if index < len(self.inputs) else None
+        if found is None:
+            raise self.fail(f"input {index} is missing")
+        return found
+
+    def has_input(self, index: int) -> bool:
+        return index < len(self.inputs) and self.inputs[index] is not None
+
+    def output(self, index: int = 0) -> Buffer:
+        found = self.outputs[index] if index < len(self.outputs) else None
+        if found is None:
+            raise self.fail(f"output {index} is absent")
+        return found
+
+    def const(self, index: int) -> np.ndarray | None:
+        return self.consts[index] if index < len(self.consts) else None
+
+    def fail(self, message: str) -> LoweringError:
+        return LoweringError(f"{self.node.describe()}: {message}")
+
+    def scratch(self, hint: str, dtype: DType, shape: Sequence[int]) -> Buffer:
+        """A temporary buffer visible to every kernel of this node."""
+        buffer = Buffer(f"{self.name}.{hint}.{len(self.scratch_buffers)}", dtype,
+                        tuple(int(d) for d in shape))
+        self.scratch_buffers.append(buffer)
+        return buffer
+
+    def kernel(
+        self,
+        body: Stmt,
+        inputs: Sequence[Buffer] | None = None,
+        outputs: Sequence[Buffer] | None = None,
+        scratch: Sequence[Buffer] | None = None,
+    ) -> Kernel:
+        """A kernel of this node; by default it binds all present inputs, outputs, scratch."""
+        self._kernel_count += 1
+        suffix = "" if self._kernel_count == 1 else f"_{self._kernel_count}"
+        return Kernel(
+            name=_symbol(f"{self.name}{suffix}"),
+            inputs=_distinct(self.inputs if inputs is None else inputs),
+            outputs=_distinct(self.outputs if outputs is None else outputs),
+            body=body,
+            scratch=tuple(self.scratch_buffers if scratch is None else scratch),
+            source=(self.node.name,) if self.node.name else (),
+        )
+
+
+def _distinct(buffers: Sequence[Buffer | None]) -> tuple[Buffer, ...]:
+    """Present buffers, each once (a node may read one value through two operands)."""
+    seen: dict[str, Buffer] = {}
+    for buffer in buffers:
+        if buffer is not None:
+            seen.setdefault(buffer.name, buffer)
+    return tuple(seen.values())
+
+
+def _symbol(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", text)

@@ -1,0 +1,1 @@
+"""Graph-to-graph passes; each file holds one pass, ``pipeline`` lists them in order."""
