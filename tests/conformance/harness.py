@@ -38,6 +38,7 @@ import numpy as np
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto, TypeProto, numpy_helper
 
 KNOWN_FAILURES = Path(__file__).with_name("known_failures.txt")
+KNOWN_FAILURES_COMPILED = Path(__file__).with_name("known_failures_compiled.txt")
 
 RANDOM_OPS = frozenset(
     {"Bernoulli", "Multinomial", "RandomNormal", "RandomNormalLike", "RandomUniform",
@@ -186,8 +187,31 @@ def _input_names(model: ModelProto) -> list[str]:
     return [v.name for v in model.graph.input if v.name not in initialized]
 
 
-def run_case(case: Any) -> CaseResult:
-    """Import, run and compare one case (exceptions become ERROR results)."""
+def freeze_constant_inputs(case: Any) -> tuple[ModelProto, list[int]]:
+    """The case's model with every integer input that holds the same value in all of its data
+    sets turned into an initializer (what an AOT compiler sees of shape and axes inputs), and
+    the positions of the inputs that remain runtime inputs."""
+    names = _input_names(case.model)
+    frozen: dict[str, np.ndarray] = {}
+    for position, name in enumerate(names):
+        values = [as_array(inputs[position]) for inputs, _ in case.data_sets
+                  if position < len(inputs)]
+        if (len(values) == len(case.data_sets) and values[0].dtype.kind in "iu"
+                and all(v.shape == values[0].shape and np.array_equal(v, values[0])
+                        for v in values)):
+            frozen[name] = values[0]
+    model = ModelProto()
+    model.CopyFrom(case.model)
+    kept = [v for v in model.graph.input if v.name not in frozen]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    model.graph.initializer.extend(numpy_helper.from_array(v, n) for n, v in frozen.items())
+    return model, [i for i, n in enumerate(names) if n not in frozen]
+
+
+def run_case(case: Any, compiled: bool = False) -> CaseResult:
+    """Import, run and compare one case (exceptions become ERROR results). ``compiled`` runs
+    it through ``kiln.compiler.build`` with its constant integer inputs frozen."""
     from kiln.compiler import reference
     from kiln.frontends.onnx import load_onnx
 
@@ -196,11 +220,25 @@ def run_case(case: Any) -> CaseResult:
         return CaseResult(case.name, group, "EXCLUDED", reason)
     start = time.perf_counter()
     try:
-        graph = load_onnx(case.model)
-        names = _input_names(case.model)
+        if compiled:
+            model, positions = freeze_constant_inputs(case)
+        else:
+            model, positions = case.model, list(range(len(_input_names(case.model))))
+        graph = load_onnx(model)
+        names = [v.name for v in graph.inputs]
+        executables: dict[tuple[tuple[int, ...], ...], Any] = {}
         for inputs, outputs in case.data_sets:
-            feeds = {n: as_array(x) for n, x in zip(names, inputs, strict=False)}
-            got = reference.run(graph, feeds)
+            feeds = {n: as_array(inputs[p]) for n, p in zip(names, positions, strict=True)}
+            if compiled:
+                from kiln.compiler import build
+
+                key = tuple(feeds[n].shape for n in names)
+                if key not in executables:
+                    executables[key] = build(graph, input_shapes=dict(zip(names, key,
+                                                                          strict=True)))
+                got = executables[key].run(feeds)
+            else:
+                got = reference.run(graph, feeds)
             if len(got) != len(outputs):
                 return CaseResult(case.name, group, "FAIL",
                                   f"{len(got)} outputs, expected {len(outputs)}",

@@ -12,7 +12,7 @@ import collections
 import sys
 import time
 
-from harness import KNOWN_FAILURES, CaseResult, collect_cases, run_case
+from harness import KNOWN_FAILURES, KNOWN_FAILURES_COMPILED, CaseResult, collect_cases, run_case
 
 
 def summarize(results: list[CaseResult]) -> str:
@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--filter", default="", help="only cases whose name contains this")
     parser.add_argument("--quiet", action="store_true", help="print only non-passing cases")
+    parser.add_argument("--compiled", action="store_true",
+                        help="run through kiln.compiler.build (constant integer inputs frozen)")
     parser.add_argument("--write-known-failures", action="store_true",
                         help="rewrite known_failures.txt from this run's failures")
     args = parser.parse_args(argv)
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     start = time.perf_counter()
     for name in sorted(cases):
-        result = run_case(cases[name])
+        result = run_case(cases[name], compiled=args.compiled)
         results.append(result)
         if not args.quiet or result.status in ("FAIL", "ERROR"):
             reason = f"  {result.reason}" if result.reason else ""
@@ -61,12 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"time: {time.perf_counter() - start:.1f}s")
     if args.write_known_failures:
         failing = [r for r in results if r.status in ("FAIL", "ERROR")]
-        KNOWN_FAILURES.write_text(
+        known = KNOWN_FAILURES_COMPILED if args.compiled else KNOWN_FAILURES
+        known.write_text(
             "# ONNX node cases that fail today: `name  # reason`. Regenerate with\n"
-            "# python tests/conformance/report.py --write-known-failures\n"
+            "# python tests/conformance/report.py --write-known-failures"
+            + (" --compiled\n" if args.compiled else "\n")
             + "".join(f"{r.name}  # {r.status}: {r.reason[:200]}\n" for r in failing)
         )
-        print(f"wrote {len(failing)} entries to {KNOWN_FAILURES}")
+        print(f"wrote {len(failing)} entries to {known}")
     return 0
 
 

@@ -1,0 +1,127 @@
+"""``build``: graph IR in, a compiled model library out (read top to bottom).
+
+    specialize (bind symbolic dims, fold shapes) -> lower (kernel IR per node)
+    -> plan (kernel order, arena and weights placement) -> LLVM module (kernels, plan,
+    descriptor) -> object code -> shared library with the C runtime and the weights.
+
+The result is an ``Executable``: ``run`` executes the library through ``kiln.runtime``,
+``export`` copies the library (with its header, and its weights file if external) to a path.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kiln.runtime import load as load_library
+from kiln.runtime.loader import Model
+
+from .artifact import build_library
+from .codegen.compile import compile_module
+from .codegen.plan_module import build_module
+from .codegen.target import Target
+from .errors import KilnError
+from .ir.graph import Graph
+from .lower.from_graph import lower_graph
+from .passes.specialize import specialize
+from .plan.plan import Plan, make_plan
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class BuildStats:
+    kernels: int
+    arena_bytes: int
+    unshared_bytes: int
+    weights_bytes: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+
+class Executable:
+    """A compiled model in a private temporary folder; loaded on first ``run``."""
+
+    def __init__(self, folder: Path, library: Path, target: Target, threads: int | None,
+                 stats: BuildStats) -> None:
+        self.folder = folder
+        self.library = library
+        self.target = target
+        self.threads = threads
+        self.stats = stats
+        self._model: Model | None = None
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(folder), True)
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the compiled model (host targets only); outputs in graph order."""
+        if not self.target.is_host:
+            raise KilnError(
+                f"this model was compiled for {self.target.triple}; it runs only there "
+                "(export it and deploy the library)"
+            )
+        if self._model is None:
+            self._model = load_library(str(self.library), threads=self.threads)
+        return self._model.run(inputs)
+
+    def export(self, path: str | Path) -> Path:
+        """Copy the library to ``path`` (plus ``.h`` beside it, and ``.bin`` if external)."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.library, target)
+        for suffix in (".h", ".bin"):
+            companion = self.library.with_suffix(suffix)
+            if companion.exists():
+                shutil.copyfile(companion, target.with_suffix(suffix))
+        return target
+
+
+def build(
+    graph: Graph,
+    target: str | Target = "host",
+    opt_level: int = 2,
+    threads: int | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    weights: str = "embed",
+    progress: Progress | None = None,
+) -> Executable:
+    """Compile ``graph`` for ``target``; symbolic input dims must be bound by ``input_shapes``."""
+    if opt_level not in (0, 1, 2, 3):
+        raise KilnError(f"opt_level must be 0, 1, 2 or 3, got {opt_level}")
+    if weights not in ("embed", "external"):
+        raise KilnError(f"weights must be 'embed' or 'external', got {weights!r}")
+    machine = target if isinstance(target, Target) else Target.parse(target)
+    seconds: dict[str, float] = {}
+
+    def phase(name: str, fn, *args):  # type: ignore[no-untyped-def]
+        if progress:
+            progress(f"{name}...")
+        start = time.perf_counter()
+        result = fn(*args)
+        seconds[name] = time.perf_counter() - start
+        return result
+
+    static = phase("specialize", specialize, graph, input_shapes)
+    lowered = phase("lower", lower_graph, static)
+    plan: Plan = phase("plan", make_plan, lowered)
+    names = ([v.name for v in static.inputs], list(plan.output_names))
+    external = weights == "external"
+    module = phase("codegen", build_module, plan, machine, names, external)
+    obj = phase("llvm", compile_module, module, machine, opt_level)
+    folder = Path(tempfile.mkdtemp(prefix="kiln-"))
+    library = folder / "model.so"
+    phase("link", build_library, obj, plan, names, machine, library, external)
+    stats = BuildStats(len(plan.calls), plan.arena_bytes, plan.unshared_bytes,
+                       len(plan.weights), seconds)
+    if progress:
+        progress(f"built {library.name}: {stats.kernels} kernels in {stats.total_seconds:.2f}s")
+    return Executable(folder, library, machine, threads, stats)

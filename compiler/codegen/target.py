@@ -1,0 +1,167 @@
+"""Code generation targets: triple, CPU, features and the SIMD width derived from them.
+
+``Target.parse`` accepts ``host`` (the CPU this process runs on, as LLVM sees it), the named
+presets ``x86_64`` / ``x86_64-avx2`` / ``x86_64-avx512``, the short cross names
+``aarch64-linux-gnu`` / ``armv7-linux-gnueabihf`` / ``riscv64-linux-gnu``, and any full LLVM
+triple (with the architecture's baseline CPU and features unless given).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import llvmlite.binding as llvm
+
+from ..errors import KilnError
+
+
+class CodegenError(KilnError):
+    """The kernel IR cannot be compiled for the chosen target (or LLVM rejected the module)."""
+
+
+@cache
+def initialize_llvm() -> None:
+    """Register every LLVM target once (host and cross code generation both need it)."""
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
+
+
+# preset name -> (triple, cpu, features, LLVM ABI name)
+_PRESETS: dict[str, tuple[str, str, str, str]] = {
+    "x86_64": ("x86_64-unknown-linux-gnu", "x86-64", "", ""),
+    "x86_64-avx2": ("x86_64-unknown-linux-gnu", "x86-64-v3", "", ""),
+    "x86_64-avx512": ("x86_64-unknown-linux-gnu", "x86-64-v4", "", ""),
+    "aarch64-linux-gnu": ("aarch64-unknown-linux-gnu", "generic", "+neon", ""),
+    "armv7-linux-gnueabihf": ("armv7-unknown-linux-gnueabihf", "generic",
+                              "+armv7-a,+vfp3,+neon,+d32", ""),
+    "riscv64-linux-gnu": ("riscv64-unknown-linux-gnu", "generic-rv64", "+m,+a,+f,+d,+c",
+                          "lp64d"),
+}
+
+# Features implied by an x86 CPU preset, for deriving the vector width.
+_CPU_FEATURES = {"x86-64-v3": {"avx", "avx2", "fma"}, "x86-64-v4": {"avx", "avx2", "avx512f"}}
+
+# architecture (first triple component) -> (cpu, features, ABI name) when only a triple is given
+_ARCH_DEFAULTS: dict[str, tuple[str, str, str]] = {
+    "x86_64": ("x86-64", "", ""),
+    "aarch64": ("generic", "+neon", ""),
+    "arm64": ("generic", "+neon", ""),
+    "armv7": ("generic", "+armv7-a,+vfp3,+neon,+d32", ""),
+    "armv7a": ("generic", "+armv7-a,+vfp3,+neon,+d32", ""),
+    "riscv64": ("generic-rv64", "+m,+a,+f,+d,+c", "lp64d"),
+}
+
+
+def _enabled(features: str) -> set[str]:
+    return {f[1:] for f in features.split(",") if f.startswith("+")}
+
+
+def _vector_bits(arch: str, cpu: str, features: str) -> int:
+    """The widest SIMD register the features give (scalar-only targets: the GPR width)."""
+    enabled = _enabled(features) | _CPU_FEATURES.get(cpu, set())
+    if arch == "x86_64":
+        if "avx512f" in enabled:
+            return 512
+        return 256 if "avx" in enabled else 128  # SSE2 is baseline on x86-64
+    if arch.startswith(("aarch64", "arm64")):
+        return 128  # Advanced SIMD is mandatory on AArch64
+    if arch.startswith(("arm", "thumb")):
+        return 128 if "neon" in enabled else 32
+    if arch.startswith("riscv"):
+        if "v" in enabled or any(f.startswith("zvl") for f in enabled):
+            return 128
+        return 64 if arch == "riscv64" else 32
+    return 64 if _pointer_bits(arch) == 64 else 32
+
+
+def _pointer_bits(arch: str) -> int:
+    return 64 if arch.endswith("64") or arch in ("aarch64", "arm64", "x86_64") else 32
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where code runs: LLVM triple, CPU name, feature string, SIMD width, pointer width."""
+
+    name: str
+    triple: str
+    cpu: str
+    features: str
+    vector_bits: int
+    pointer_bits: int
+    abi: str = ""
+
+    @staticmethod
+    def parse(spec: str, cpu: str | None = None, features: str | None = None) -> Target:
+        """A target from ``host``, a preset name or a full triple; ``cpu`` / ``features``
+        override the preset's (features as LLVM spells them: ``+avx2,-avx512f``)."""
+        initialize_llvm()
+        if spec == "host":
+            triple = llvm.get_process_triple()
+            base_cpu = llvm.get_host_cpu_name()
+            base_features = llvm.get_host_cpu_features().flatten()
+            abi = ""
+        elif spec in _PRESETS:
+            triple, base_cpu, base_features, abi = _PRESETS[spec]
+        else:
+            arch = spec.split("-", 1)[0]
+            if arch not in _ARCH_DEFAULTS or spec.count("-") < 2:
+                known = ", ".join(["host", *_PRESETS])
+                raise CodegenError(
+                    f"unknown target {spec!r}: use one of {known} or a full LLVM triple of "
+                    f"a supported architecture ({', '.join(_ARCH_DEFAULTS)})"
+                )
+            triple = spec
+            base_cpu, base_features, abi = _ARCH_DEFAULTS[arch]
+        chosen_cpu = base_cpu if cpu is None else cpu
+        chosen_features = base_features if features is None else features
+        try:
+            llvm.Target.from_triple(triple)
+        except RuntimeError as error:
+            raise CodegenError(f"LLVM has no backend for target {spec!r}: {error}") from None
+        arch = triple.split("-", 1)[0]
+        return Target(
+            name=spec,
+            triple=triple,
+            cpu=chosen_cpu,
+            features=chosen_features,
+            vector_bits=_vector_bits(arch, chosen_cpu, chosen_features),
+            pointer_bits=_pointer_bits(arch),
+            abi=abi,
+        )
+
+    @property
+    def arch(self) -> str:
+        return self.triple.split("-", 1)[0]
+
+    @property
+    def is_host(self) -> bool:
+        """True when code for this target can run in this process."""
+        initialize_llvm()
+        host = llvm.get_process_triple().split("-", 1)[0]
+        return self.arch == host and (self.name == "host" or self._features_on_host())
+
+    def _features_on_host(self) -> bool:
+        host = _enabled(llvm.get_host_cpu_features().flatten())
+        wanted = _enabled(self.features) | _CPU_FEATURES.get(self.cpu, set())
+        return wanted <= host
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.arch.startswith(("nvptx", "amdgcn"))
+
+    def target_machine(self, opt_level: int = 2) -> llvm.TargetMachine:
+        """An LLVM target machine (position-independent code, for shared libraries)."""
+        initialize_llvm()
+        return llvm.Target.from_triple(self.triple).create_target_machine(
+            cpu=self.cpu,
+            features=self.features,
+            opt=max(0, min(3, opt_level)),
+            reloc="pic",
+            codemodel="default",
+            abiname=self.abi,
+        )
+
+    @property
+    def data_layout(self) -> str:
+        return str(self.target_machine().target_data)

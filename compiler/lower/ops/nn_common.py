@@ -1,0 +1,157 @@
+"""Building blocks shared by the nn lowerings: accumulation types, loop nests that skip unit
+axes and parallelize large work, affine index expressions, guards and requantization."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from ...ir.types import DType
+from ..kernel_ir import (
+    Assign,
+    Binary,
+    Const,
+    Declare,
+    Expr,
+    If,
+    Loop,
+    LoopKind,
+    Stmt,
+    Unary,
+    Var,
+    block,
+    select,
+)
+
+# Below this many scalar operations a parallel loop costs more than it saves.
+PARALLEL_WORK = 32768
+
+
+def acc_dtype(dtype: DType) -> DType:
+    """Where the reference computes a float op: f64 stays f64, narrower floats use f32."""
+    return DType.F64 if dtype is DType.F64 else DType.F32
+
+
+def const(value: float | int | bool, dtype: DType) -> Const:
+    if dtype is DType.BOOL:
+        return Const(bool(value), dtype)
+    return Const(int(value) if dtype.is_int else float(value), dtype)
+
+
+def idx(value: int) -> Const:
+    return Const(int(value), DType.I64)
+
+
+def lowest(dtype: DType) -> float | int:
+    """The identity of max over ``dtype`` (-inf for floats)."""
+    return -math.inf if dtype.is_float else int(np.iinfo(dtype.numpy).min)
+
+
+def affine(*terms: tuple[Expr, int], offset: int = 0) -> Expr:
+    """sum(var * coef) + offset, leaving out unit multiplications and zero terms."""
+    result: Expr | None = None
+    for var, coef in terms:
+        if coef == 0:
+            continue
+        term = var if coef == 1 else var * coef
+        result = term if result is None else result + term
+    if result is None:
+        return idx(offset)
+    return result + offset if offset else result
+
+
+def all_of(conds: Sequence[Expr | None]) -> Expr | None:
+    """The conjunction of the present conditions (None when there are none)."""
+    found = [c for c in conds if c is not None]
+    if not found:
+        return None
+    result = found[0]
+    for cond in found[1:]:
+        result = Binary("and", result, cond)
+    return result
+
+
+def guarded(cond: Expr | None, body: Stmt) -> Stmt:
+    return body if cond is None else If(cond, body)
+
+
+def nest(
+    extents: Sequence[int],
+    make_body: Callable[[list[Expr]], Stmt],
+    prefix: str,
+    work: int = 0,
+    vectorize_inner: bool = False,
+) -> Stmt:
+    """Loops over ``extents`` (unit axes bound to 0 instead of looped); the outermost loop is
+    parallel when ``work`` (scalar operations of the whole nest) is large, the innermost is
+    vectorized if asked."""
+    variables: list[Expr] = []
+    looped: list[tuple[Var, int]] = []
+    for axis, extent in enumerate(extents):
+        if extent == 1:
+            variables.append(idx(0))
+        else:
+            var = Var(f"{prefix}{axis}")
+            variables.append(var)
+            looped.append((var, int(extent)))
+    body = make_body(variables)
+    for position in reversed(range(len(looped))):
+        var, extent = looped[position]
+        kind = LoopKind.SERIAL
+        if position == 0 and work > PARALLEL_WORK:
+            kind = LoopKind.PARALLEL
+        elif position == len(looped) - 1 and vectorize_inner:
+            kind = LoopKind.VECTORIZE
+        body = Loop(var, idx(extent), body, kind)
+    return body
+
+
+def reduce_into(
+    acc: Var,
+    init: Expr,
+    extents: Sequence[int],
+    prefix: str,
+    update: Callable[[list[Expr]], Stmt],
+) -> list[Stmt]:
+    """Declare ``acc`` = ``init`` then run ``update`` (Assigns to acc) over a serial nest."""
+    return [Declare(acc, init), nest(extents, update, prefix)]
+
+
+def add_to(acc: Var, value: Expr) -> Assign:
+    return Assign(acc, acc + value)
+
+
+def unravel(flat: Expr, shape: Sequence[int]) -> list[Expr]:
+    """Row-major coordinates of the flat index ``flat`` in ``shape``."""
+    coords: list[Expr] = []
+    stride = math.prod(shape)
+    for extent in shape:
+        stride //= extent
+        if extent == 1:
+            coords.append(idx(0))
+            continue
+        part = flat if stride == 1 else flat // stride
+        # The first axis needs no remainder: the flat index is within the shape.
+        coords.append(part if not coords else part % extent)
+    return coords
+
+
+def ravel(coords: Sequence[Expr], shape: Sequence[int]) -> Expr:
+    """Row-major flat index of ``coords`` in ``shape``."""
+    strides, step = [], 1
+    for extent in reversed(shape):
+        strides.append(step)
+        step *= extent
+    return affine(*zip(coords, reversed(strides), strict=True))
+
+
+def requantize(value: Expr, zero: Expr, out: DType) -> Expr:
+    """round-half-even(value) + zero point, saturated to ``out`` (computed in f64, where the
+    rounded value and an 8/16-bit zero point add exactly)."""
+    info = np.iinfo(out.numpy)
+    shifted = Unary("round", value).cast(DType.F64) + zero.cast(DType.F64)
+    clipped = Binary("min", Binary("max", shifted, const(info.min, DType.F64)),
+                     const(info.max, DType.F64))
+    return clipped.cast(out)

@@ -1,0 +1,464 @@
+/* Kiln C runtime: linked into every compiled model library.
+ *
+ * Implements the public ABI of kiln.h on top of the `kiln__model` descriptor that the generated
+ * code defines (see kiln_internal.h), plus the services kernels call: a thread pool with
+ * persistent workers per instance (kiln__parallel_for), run-time error reporting
+ * (kiln__report_error / kiln__failed), the 64-byte aligned activation arena, and loading of
+ * external weights files.
+ *
+ * Nothing here aborts or exits: every failure becomes a kiln_status and a message in a
+ * thread-local buffer (kiln_last_error). Only the kiln_* ABI functions have default visibility;
+ * the library is compiled with -fvisibility=hidden and linked with a version script.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "kiln_internal.h"
+
+#define KILN_API __attribute__((visibility("default")))
+
+/* More threads than this is certainly a caller bug (a negative number cast to unsigned...). */
+#define KILN_MAX_THREADS 1024
+/* Busy-wait iterations before a worker goes to sleep on the condition variable; waking a
+ * sleeping thread costs tens of microseconds, more than many small kernels take. */
+#define KILN_SPIN_ITERATIONS 20000
+#define KILN_ERROR_BYTES 512
+#define KILN_PATH_BYTES 4096
+
+/* ------------------------------------------------------------------------------------------ */
+/* Last error (per thread)                                                                     */
+
+static __thread char tls_last_error[KILN_ERROR_BYTES];
+
+/* Bounded copy that always terminates; snprintf would do, but this cannot fail. */
+static void copy_message(char *dst, size_t size, const char *src) {
+    size_t i = 0;
+    if (src != NULL) {
+        for (; i + 1 < size && src[i] != '\0'; i++) dst[i] = src[i];
+    }
+    dst[i] = '\0';
+}
+
+static kiln_status fail(kiln_status status, const char *format, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static kiln_status fail(kiln_status status, const char *format, ...) {
+    va_list args;
+    va_start(args, format);
+    int written = vsnprintf(tls_last_error, sizeof tls_last_error, format, args);
+    va_end(args);
+    if (written < 0) copy_message(tls_last_error, sizeof tls_last_error, format);
+    return status;
+}
+
+KILN_API const char *kiln_last_error(void) { return tls_last_error; }
+
+/* ------------------------------------------------------------------------------------------ */
+/* Model queries                                                                               */
+
+KILN_API int32_t kiln_abi_version(void) { return kiln__model.abi_version; }
+KILN_API int32_t kiln_num_inputs(void) { return kiln__model.num_inputs; }
+KILN_API int32_t kiln_num_outputs(void) { return kiln__model.num_outputs; }
+
+static kiln_status tensor_info(const char *what, const kiln_tensor_info *table, int32_t count,
+                               int32_t index, kiln_tensor_info *info) {
+    if (info == NULL) return fail(KILN_ERROR_INVALID_ARGUMENT, "kiln_%s_info: info is NULL", what);
+    if (index < 0 || index >= count) {
+        return fail(KILN_ERROR_INVALID_ARGUMENT,
+                    "kiln_%s_info: index %d out of range (the model has %d %ss)", what,
+                    (int)index, (int)count, what);
+    }
+    *info = table[index];
+    return KILN_OK;
+}
+
+KILN_API kiln_status kiln_input_info(int32_t index, kiln_tensor_info *info) {
+    return tensor_info("input", kiln__model.inputs, kiln__model.num_inputs, index, info);
+}
+
+KILN_API kiln_status kiln_output_info(int32_t index, kiln_tensor_info *info) {
+    return tensor_info("output", kiln__model.outputs, kiln__model.num_outputs, index, info);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Instance                                                                                    */
+
+typedef struct kiln_pool_worker {
+    struct kiln_instance *instance;
+    int32_t index;          /* 1 .. num_threads-1; the calling thread is chunk 0 */
+    pthread_t thread;
+} kiln_pool_worker;
+
+struct kiln_instance {
+    int32_t num_threads;
+    uint8_t *arena;
+    uint8_t *owned_weights;     /* external weights, or NULL */
+    const uint8_t *weights;
+    atomic_int running;         /* busy detection */
+    atomic_int failed;          /* a kernel reported an error during this run */
+    const char *_Atomic failure_message;
+
+    /* Thread pool: the job is published by bumping `generation` under `lock`. */
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    atomic_uint generation;
+    atomic_int pending;         /* workers still busy with the current job */
+    int stop;
+    kiln_parallel_body job_body;
+    void *job_closure;
+    int64_t job_n;
+    int32_t num_workers;        /* started workers (num_threads - 1 once create succeeds) */
+    kiln_pool_worker *workers;
+};
+
+/* Set while a thread executes a parallel body, so that nested parallel loops run serially. */
+static __thread int tls_in_parallel;
+
+static void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__) || (defined(__arm__) && defined(__ARM_ARCH) && __ARM_ARCH >= 7)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static void run_chunk(kiln_instance *inst, int64_t chunk, int64_t chunks) {
+    int64_t n = inst->job_n;
+    /* n * chunk may overflow for n near INT64_MAX; compute the split without multiplying. */
+    int64_t base = n / chunks, extra = n % chunks;
+    int64_t begin = chunk * base + (chunk < extra ? chunk : extra);
+    int64_t end = begin + base + (chunk < extra ? 1 : 0);
+    if (begin < end) inst->job_body(inst->job_closure, begin, end);
+}
+
+static void *worker_main(void *arg) {
+    kiln_pool_worker *self = arg;
+    kiln_instance *inst = self->instance;
+    unsigned seen = atomic_load_explicit(&inst->generation, memory_order_acquire);
+    tls_in_parallel = 1;
+    for (;;) {
+        unsigned now = seen;
+        for (int spin = 0; spin < KILN_SPIN_ITERATIONS; spin++) {
+            now = atomic_load_explicit(&inst->generation, memory_order_acquire);
+            if (now != seen) break;
+            cpu_relax();
+        }
+        if (now == seen) {
+            pthread_mutex_lock(&inst->lock);
+            while ((now = atomic_load_explicit(&inst->generation, memory_order_acquire)) == seen)
+                pthread_cond_wait(&inst->wake, &inst->lock);
+            pthread_mutex_unlock(&inst->lock);
+        }
+        seen = now;
+        if (inst->stop) return NULL;
+        int64_t chunks = inst->num_threads < inst->job_n ? inst->num_threads : inst->job_n;
+        if (self->index < chunks) run_chunk(inst, self->index, chunks);
+        atomic_fetch_sub_explicit(&inst->pending, 1, memory_order_release);
+    }
+}
+
+static void publish(kiln_instance *inst) {
+    pthread_mutex_lock(&inst->lock);
+    atomic_fetch_add_explicit(&inst->generation, 1u, memory_order_release);
+    pthread_cond_broadcast(&inst->wake);
+    pthread_mutex_unlock(&inst->lock);
+}
+
+static void stop_pool(kiln_instance *inst) {
+    if (inst->num_workers == 0) return;
+    inst->stop = 1;
+    publish(inst);
+    for (int32_t i = 0; i < inst->num_workers; i++) pthread_join(inst->workers[i].thread, NULL);
+    inst->num_workers = 0;
+}
+
+static kiln_status start_pool(kiln_instance *inst) {
+    int32_t count = inst->num_threads - 1;
+    if (count == 0) return KILN_OK;
+    inst->workers = calloc((size_t)count, sizeof *inst->workers);
+    if (inst->workers == NULL) return fail(KILN_ERROR_OUT_OF_MEMORY, "kiln_create: out of memory");
+    /* Workers inherit a fully blocked signal mask so that signals reach the host's threads. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int err = 0;
+    for (int32_t i = 0; i < count; i++) {
+        inst->workers[i].instance = inst;
+        inst->workers[i].index = i + 1;
+        err = pthread_create(&inst->workers[i].thread, NULL, worker_main, &inst->workers[i]);
+        if (err != 0) break;
+        inst->num_workers = i + 1;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (err != 0) {
+        stop_pool(inst);
+        return fail(KILN_ERROR_THREADS, "kiln_create: could not start thread %d of %d: %s",
+                    (int)inst->num_workers + 2, (int)inst->num_threads, strerror(err));
+    }
+    return KILN_OK;
+}
+
+void kiln__parallel_for(void *ctx, kiln_parallel_body body, void *closure, int64_t n) {
+    kiln_instance *inst = ctx;
+    if (n <= 0) return;
+    if (tls_in_parallel || inst->num_workers == 0 || n == 1) {
+        body(closure, 0, n);
+        return;
+    }
+    inst->job_body = body;
+    inst->job_closure = closure;
+    inst->job_n = n;
+    atomic_store_explicit(&inst->pending, inst->num_workers, memory_order_relaxed);
+    publish(inst);
+    int64_t chunks = inst->num_threads < n ? inst->num_threads : n;
+    tls_in_parallel = 1;
+    run_chunk(inst, 0, chunks);
+    tls_in_parallel = 0;
+    for (unsigned spin = 0; atomic_load_explicit(&inst->pending, memory_order_acquire) != 0;
+         spin++) {
+        if (spin < KILN_SPIN_ITERATIONS) cpu_relax();
+        else sched_yield();
+    }
+}
+
+void kiln__report_error(void *ctx, const char *message) {
+    kiln_instance *inst = ctx;
+    const char *expected = NULL;
+    if (atomic_compare_exchange_strong(&inst->failure_message, &expected,
+                                       message != NULL ? message : "kernel failure")) {
+        atomic_store(&inst->failed, 1);
+    }
+}
+
+int32_t kiln__failed(void *ctx) {
+    kiln_instance *inst = ctx;
+    return atomic_load_explicit(&inst->failed, memory_order_acquire) != 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* External weights                                                                            */
+
+static uint64_t fnv1a64(const uint8_t *data, size_t size) {
+    uint64_t hash = KILN_FNV64_OFFSET;
+    for (size_t i = 0; i < size; i++) {
+        hash ^= data[i];
+        hash *= KILN_FNV64_PRIME;
+    }
+    return hash;
+}
+
+static uint64_t read_le64(const uint8_t *bytes) {
+    uint64_t value = 0;
+    for (int i = 7; i >= 0; i--) value = (value << 8) | bytes[i];
+    return value;
+}
+
+/* The library's own path with ".so" replaced by ".bin" (or ".bin" appended). */
+static kiln_status default_weights_path(char *path, size_t size) {
+    Dl_info info;
+    if (dladdr((const void *)&kiln__model, &info) == 0 || info.dli_fname == NULL) {
+        return fail(KILN_ERROR_WEIGHTS,
+                    "kiln_create: cannot locate the model library to find its weights file; "
+                    "pass weights_path");
+    }
+    size_t length = strlen(info.dli_fname);
+    if (length >= 3 && strcmp(info.dli_fname + length - 3, ".so") == 0) length -= 3;
+    if (length + 5 > size) return fail(KILN_ERROR_WEIGHTS, "kiln_create: library path too long");
+    memcpy(path, info.dli_fname, length);
+    memcpy(path + length, ".bin", 5);
+    return KILN_OK;
+}
+
+static kiln_status load_weights(kiln_instance *inst, const char *path) {
+    const int64_t expected = kiln__model.weights_bytes;
+    FILE *file = fopen(path, "rb");
+    if (file == NULL) {
+        return fail(KILN_ERROR_WEIGHTS, "kiln_create: cannot open weights file '%s': %s", path,
+                    strerror(errno));
+    }
+    kiln_status status = KILN_OK;
+    uint8_t header[KILN_WEIGHTS_HEADER_BYTES];
+    struct stat st;
+    if (fstat(fileno(file), &st) != 0) {
+        status = fail(KILN_ERROR_WEIGHTS, "kiln_create: cannot stat weights file '%s': %s", path,
+                      strerror(errno));
+    } else if (fread(header, 1, sizeof header, file) != sizeof header) {
+        status = fail(KILN_ERROR_WEIGHTS,
+                      "kiln_create: weights file '%s' is too short for its header (%lld bytes)",
+                      path, (long long)st.st_size);
+    } else if (memcmp(header, KILN_WEIGHTS_MAGIC, 8) != 0) {
+        status = fail(KILN_ERROR_WEIGHTS, "kiln_create: '%s' is not a Kiln weights file (bad magic)",
+                      path);
+    } else if (read_le64(header + 8) != (uint64_t)expected) {
+        status = fail(KILN_ERROR_WEIGHTS,
+                      "kiln_create: weights file '%s' holds %llu bytes but this model needs %lld "
+                      "(a file from another build?)",
+                      path, (unsigned long long)read_le64(header + 8), (long long)expected);
+    } else if (read_le64(header + 16) != kiln__model.weights_checksum) {
+        status = fail(KILN_ERROR_WEIGHTS,
+                      "kiln_create: weights file '%s' has checksum %016llx but this model was "
+                      "built with %016llx (a file from another build?)",
+                      path, (unsigned long long)read_le64(header + 16),
+                      (unsigned long long)kiln__model.weights_checksum);
+    } else if ((int64_t)st.st_size != KILN_WEIGHTS_HEADER_BYTES + expected) {
+        status = fail(KILN_ERROR_WEIGHTS,
+                      "kiln_create: weights file '%s' is %lld bytes, expected %lld (truncated "
+                      "or padded)",
+                      path, (long long)st.st_size, (long long)(KILN_WEIGHTS_HEADER_BYTES + expected));
+    } else {
+        void *buffer = NULL;
+        if (posix_memalign(&buffer, 64, expected > 0 ? (size_t)expected : 64) != 0) {
+            status = fail(KILN_ERROR_OUT_OF_MEMORY,
+                          "kiln_create: out of memory for %lld bytes of weights", (long long)expected);
+        } else {
+            inst->owned_weights = buffer;
+            if (fread(buffer, 1, (size_t)expected, file) != (size_t)expected) {
+                status = fail(KILN_ERROR_WEIGHTS, "kiln_create: cannot read weights file '%s'",
+                              path);
+            } else if (fnv1a64(buffer, (size_t)expected) != kiln__model.weights_checksum) {
+                status = fail(KILN_ERROR_WEIGHTS,
+                              "kiln_create: weights file '%s' is corrupt (checksum mismatch)", path);
+            }
+        }
+    }
+    fclose(file);
+    inst->weights = inst->owned_weights;
+    return status;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Create / destroy / run                                                                      */
+
+KILN_API void kiln_destroy(kiln_instance *inst) {
+    if (inst == NULL) return;
+    stop_pool(inst);
+    free(inst->workers);
+    pthread_cond_destroy(&inst->wake);
+    pthread_mutex_destroy(&inst->lock);
+    free(inst->owned_weights);
+    free(inst->arena);
+    free(inst);
+}
+
+static int32_t online_cpus(void) {
+    long count = sysconf(_SC_NPROCESSORS_ONLN);
+    if (count < 1) return 1;
+    return count > KILN_MAX_THREADS ? KILN_MAX_THREADS : (int32_t)count;
+}
+
+KILN_API kiln_status kiln_create(int32_t num_threads, const char *weights_path,
+                                 kiln_instance **out) {
+    if (out == NULL) return fail(KILN_ERROR_INVALID_ARGUMENT, "kiln_create: out is NULL");
+    *out = NULL;
+    if (kiln__model.abi_version != KILN_ABI_VERSION) {
+        return fail(KILN_ERROR_INVALID_ARGUMENT,
+                    "kiln_create: model built for ABI version %d, runtime is version %d",
+                    (int)kiln__model.abi_version, KILN_ABI_VERSION);
+    }
+    if (num_threads > KILN_MAX_THREADS) {
+        return fail(KILN_ERROR_INVALID_ARGUMENT, "kiln_create: num_threads %d exceeds %d",
+                    (int)num_threads, KILN_MAX_THREADS);
+    }
+    kiln_instance *inst = calloc(1, sizeof *inst);
+    if (inst == NULL) return fail(KILN_ERROR_OUT_OF_MEMORY, "kiln_create: out of memory");
+    inst->num_threads = num_threads > 0 ? num_threads : online_cpus();
+    atomic_init(&inst->running, 0);
+    atomic_init(&inst->failed, 0);
+    atomic_init(&inst->failure_message, NULL);
+    atomic_init(&inst->generation, 0u);
+    atomic_init(&inst->pending, 0);
+    if (pthread_mutex_init(&inst->lock, NULL) != 0) {
+        free(inst);
+        return fail(KILN_ERROR_THREADS, "kiln_create: cannot create a mutex");
+    }
+    if (pthread_cond_init(&inst->wake, NULL) != 0) {
+        pthread_mutex_destroy(&inst->lock);
+        free(inst);
+        return fail(KILN_ERROR_THREADS, "kiln_create: cannot create a condition variable");
+    }
+    int64_t arena_bytes = kiln__model.arena_bytes > 0 ? kiln__model.arena_bytes : 64;
+    void *arena = NULL;
+    if (posix_memalign(&arena, 64, (size_t)arena_bytes) != 0) {
+        kiln_destroy(inst);
+        return fail(KILN_ERROR_OUT_OF_MEMORY, "kiln_create: out of memory for a %lld-byte arena",
+                    (long long)arena_bytes);
+    }
+    inst->arena = arena;
+
+    kiln_status status = KILN_OK;
+    if (kiln__model.weights_external) {
+        char path[KILN_PATH_BYTES];
+        if (weights_path == NULL) status = default_weights_path(path, sizeof path);
+        else copy_message(path, sizeof path, weights_path);
+        if (status == KILN_OK) status = load_weights(inst, path);
+    } else {
+        inst->weights = kiln__model.weights;
+    }
+    if (status == KILN_OK) status = start_pool(inst);
+    if (status != KILN_OK) {
+        kiln_destroy(inst);
+        return status;
+    }
+    *out = inst;
+    return KILN_OK;
+}
+
+static int has_elements(const kiln_tensor_info *info) {
+    for (int32_t d = 0; d < info->rank; d++) {
+        if (info->shape[d] == 0) return 0;
+    }
+    return 1;
+}
+
+static kiln_status check_buffers(const char *what, const kiln_tensor_info *table, int32_t count,
+                                 const void *const *buffers) {
+    if (count == 0) return KILN_OK;
+    if (buffers == NULL) return fail(KILN_ERROR_INVALID_ARGUMENT, "kiln_run: %ss is NULL", what);
+    for (int32_t i = 0; i < count; i++) {
+        if (buffers[i] == NULL && has_elements(&table[i])) {
+            return fail(KILN_ERROR_INVALID_ARGUMENT, "kiln_run: %s %d ('%s') is NULL", what,
+                        (int)i, table[i].name);
+        }
+    }
+    return KILN_OK;
+}
+
+KILN_API kiln_status kiln_run(kiln_instance *inst, const void *const *inputs,
+                              void *const *outputs) {
+    if (inst == NULL) return fail(KILN_ERROR_INVALID_ARGUMENT, "kiln_run: instance is NULL");
+    kiln_status status = check_buffers("input", kiln__model.inputs, kiln__model.num_inputs, inputs);
+    if (status == KILN_OK) {
+        status = check_buffers("output", kiln__model.outputs, kiln__model.num_outputs,
+                               (const void *const *)outputs);
+    }
+    if (status != KILN_OK) return status;
+    int idle = 0;
+    if (!atomic_compare_exchange_strong(&inst->running, &idle, 1)) {
+        return fail(KILN_ERROR_BUSY,
+                    "kiln_run: the instance is already running on another thread (use one "
+                    "instance per thread)");
+    }
+    atomic_store(&inst->failed, 0);
+    atomic_store(&inst->failure_message, NULL);
+    int32_t code = kiln__model.run(inst, inputs, outputs, inst->arena, inst->weights);
+    const char *message = atomic_load(&inst->failure_message);
+    if (message != NULL) {
+        status = fail(KILN_ERROR_RUNTIME, "kiln_run: %s", message);
+    } else if (code != 0) {
+        status = fail(KILN_ERROR_RUNTIME, "kiln_run: the model failed with code %d", (int)code);
+    }
+    atomic_store(&inst->running, 0);
+    return status;
+}

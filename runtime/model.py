@@ -1,0 +1,145 @@
+"""A loaded Kiln model: ``Model`` (one instance of the C ABI), ``TensorInfo`` and the error type.
+
+``Model.run`` checks inputs against the model's signature before any native code sees them:
+a missing or unexpected name, a wrong dtype or a wrong shape raises ``KilnRuntimeError``
+naming what was expected and what was given. bf16 tensors are ``ml_dtypes.bfloat16`` arrays
+when the process has already imported ml_dtypes (the runtime never imports it itself), and
+otherwise their raw bits as uint16 arrays; either form is accepted as input.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import abi
+
+if TYPE_CHECKING:
+    from .loader import NativeLibrary
+
+
+class KilnRuntimeError(ValueError):
+    """A model could not be loaded or run; ``status`` is the C ABI's code when one applies."""
+
+    def __init__(self, message: str, status: abi.Status | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One input or output of a model."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def __str__(self) -> str:
+        return f"{self.name}: {_dtype_name(self.dtype)}[{','.join(map(str, self.shape))}]"
+
+
+def bf16_dtype() -> np.dtype:
+    """ml_dtypes' bfloat16 when the process already uses ml_dtypes, else uint16 (raw bits)."""
+    ml_dtypes = sys.modules.get("ml_dtypes")
+    if ml_dtypes is not None:
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(np.uint16)
+
+
+def numpy_dtype(code: int) -> np.dtype:
+    return bf16_dtype() if code == abi.BF16 else abi.storage_dtype(code)
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    return str(dtype)
+
+
+def _accepts(expected: np.dtype, code: int, given: np.dtype) -> bool:
+    if code == abi.BF16:
+        # Raw bits and ml_dtypes' bfloat16 both carry the same two bytes per element.
+        return given.itemsize == 2 and given.name in ("bfloat16", "uint16")
+    return given == expected
+
+
+class Model:
+    """One instance of a compiled model: its arena, thread pool and (external) weights.
+
+    Use ``kiln.runtime.load`` to create one. An instance runs one call at a time; use one Model
+    per thread for concurrent inference (``run`` releases the GIL while native code runs).
+    """
+
+    def __init__(self, library: NativeLibrary, threads: int | None,
+                 weights_path: str | None) -> None:
+        self._library = library
+        self._handle: ctypes.c_void_p | None = None
+        self.path = library.path
+        self.inputs: list[TensorInfo] = library.tensors(output=False, dtype_of=numpy_dtype)
+        self.outputs: list[TensorInfo] = library.tensors(output=True, dtype_of=numpy_dtype)
+        self._input_codes = library.dtype_codes(output=False)
+        self._output_codes = library.dtype_codes(output=True)
+        self._handle = library.create(threads, weights_path)
+
+    def __repr__(self) -> str:
+        inputs = ", ".join(map(str, self.inputs))
+        outputs = ", ".join(map(str, self.outputs))
+        return f"Model({self.path!r}, inputs=[{inputs}], outputs=[{outputs}])"
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Destroy the native instance (its threads stop); further runs raise."""
+        handle, self._handle = getattr(self, "_handle", None), None
+        if handle is not None:
+            self._library.destroy(handle)
+
+    def run(self, inputs: Mapping[str, Any]) -> list[np.ndarray]:
+        """Run the model on ``{input name: array}``; returns fresh arrays, one per output."""
+        if self._handle is None:
+            raise KilnRuntimeError(f"model {self.path} is closed")
+        arrays = self._check_inputs(inputs)
+        outputs = [np.empty(info.shape, info.dtype) for info in self.outputs]
+        in_ptrs = (ctypes.c_void_p * max(len(arrays), 1))(*(a.ctypes.data for a in arrays))
+        out_ptrs = (ctypes.c_void_p * max(len(outputs), 1))(*(o.ctypes.data for o in outputs))
+        self._library.run(self._handle, in_ptrs, out_ptrs)
+        return outputs
+
+    def _check_inputs(self, inputs: Mapping[str, Any]) -> list[np.ndarray]:
+        expected_names = [info.name for info in self.inputs]
+        missing = [name for name in expected_names if name not in inputs]
+        unexpected = sorted(str(name) for name in inputs if name not in expected_names)
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(f"missing {missing}")
+            if unexpected:
+                parts.append(f"unexpected {unexpected}")
+            raise KilnRuntimeError(
+                f"wrong input names: {'; '.join(parts)}; the model takes {expected_names}")
+        arrays = []
+        for info, code in zip(self.inputs, self._input_codes, strict=True):
+            array = np.asarray(inputs[info.name])
+            if not _accepts(info.dtype, code, array.dtype):
+                raise KilnRuntimeError(
+                    f"input '{info.name}': expected dtype {_dtype_name(info.dtype)}, got "
+                    f"{_dtype_name(array.dtype)}")
+            if array.shape != info.shape:
+                raise KilnRuntimeError(
+                    f"input '{info.name}': expected shape {info.shape}, got {array.shape}")
+            arrays.append(np.ascontiguousarray(array))
+        return arrays
