@@ -12,7 +12,7 @@ from typing import Any
 
 def __getattr__(name: str) -> Any:
     if name in ("build", "Executable"):
-        from . import build as build_module
+        from . import driver
 
-        return getattr(build_module, name)
+        return getattr(driver, name)
     raise AttributeError(f"module 'kiln.compiler' has no attribute {name!r}")

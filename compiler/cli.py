@@ -1,4 +1,4 @@
-"""The ``kiln`` command line: ``kiln inspect`` and ``kiln run`` on ONNX models.
+"""The ``kiln`` command line: ``kiln inspect``, ``kiln compile`` and ``kiln run``.
 
 This module is Kiln's one composition root: it is the only place under ``kiln.compiler`` that
 reaches a frontend, and it does so inside the command functions (never at module top level), so
@@ -94,14 +94,38 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_input_shape(inspect, "bind symbolic dimensions for the FLOP estimate")
     inspect.set_defaults(handler=_inspect)
 
+    compile_ = commands.add_parser(
+        "compile", parents=[common], help="compile a model into a shared library",
+        description="Compile an ONNX model ahead of time into a self-contained shared library "
+                    "(code, static plan, weights) with a C ABI, plus a header beside it.",
+    )
+    compile_.add_argument("model", type=Path, help="an .onnx file")
+    compile_.add_argument("-o", "--output", type=Path, required=True, metavar="MODEL.so",
+                          help="the library to write (MODEL.h, and MODEL.bin with "
+                               "--weights external, go beside it)")
+    compile_.add_argument("--target", default="host",
+                          help="host (default), x86_64, x86_64-avx2, x86_64-avx512, "
+                               "aarch64-linux-gnu, armv7-linux-gnueabihf, riscv64-linux-gnu "
+                               "or an LLVM triple")
+    compile_.add_argument("--cpu", help="CPU name for the target (e.g. cortex-a72)")
+    compile_.add_argument("--features", help="target features, e.g. +neon,+fp16")
+    compile_.add_argument("-O", dest="opt_level", type=int, choices=range(4), default=2,
+                          metavar="N", help="optimization level 0-3 (default 2)")
+    compile_.add_argument("--weights", choices=("embed", "external"), default="embed",
+                          help="embed the weights in the library (default) or write MODEL.bin")
+    _add_input_shape(compile_, "bind the symbolic dimensions of an input")
+    compile_.set_defaults(handler=_compile)
+
     run = commands.add_parser(
-        "run", parents=[common], help="run a model with the reference executor",
-        description="Run a model with the numpy reference executor and print each output's "
+        "run", parents=[common], help="run a model (.onnx: reference executor; .so: compiled)",
+        description="Run an ONNX model with the numpy reference executor, or a compiled "
+                    "library through the runtime, and print each output's "
                     "name, shape, element type and checksum (sum and sha256 prefix of its "
                     "bytes). Inputs missing from --inputs are an error; without --inputs every "
                     "input is random (floats standard normal, integers in [0, 3), bools fair).",
     )
-    run.add_argument("model", type=Path, help="an .onnx file")
+    run.add_argument("model", type=Path, help="an .onnx file or a library from kiln compile")
+    run.add_argument("--threads", type=int, help="threads of a compiled library (default: all)")
     run.add_argument("--inputs", type=Path, metavar="IN.npz",
                      help="input arrays, one per graph input, keyed by input name")
     run.add_argument("--output", type=Path, metavar="OUT.npz",
@@ -155,6 +179,7 @@ def _inspect(args: argparse.Namespace, log: Callable[[str], None]) -> None:
     graph = _load(args.model, log)
     dims = _bind_symbols(graph, dict(args.input_shape))
     print(format_summary(summarize(graph, dims)))
+    print(_memory_plan_line(graph, dict(args.input_shape)))
     if args.ir:
         from .ir.printer import print_graph
 
@@ -162,12 +187,57 @@ def _inspect(args: argparse.Namespace, log: Callable[[str], None]) -> None:
         print(print_graph(graph, full_constants=args.full_constants), end="")
 
 
+def _compile(args: argparse.Namespace, log: Callable[[str], None]) -> None:
+    from .codegen.target import Target
+    from .driver import build
+
+    graph = _load(args.model, log)
+    target = Target.parse(args.target, cpu=args.cpu, features=args.features)
+    exe = build(graph, target=target, opt_level=args.opt_level,
+                input_shapes=dict(args.input_shape), weights=args.weights, progress=log)
+    written = exe.export(args.output)
+    stats = exe.stats
+    print(f"wrote {written} ({written.stat().st_size:,} bytes) for {target.triple}: "
+          f"{stats.kernels} kernels, arena {stats.arena_bytes:,} bytes, weights "
+          f"{stats.weights_bytes:,} bytes, compiled in {stats.total_seconds:.2f}s")
+
+
+def _memory_plan_line(graph: Graph, shapes: Mapping[str, tuple[int, ...]]) -> str:
+    """The static plan's kernel count and arena size, or why there is none yet."""
+    from .lower.from_graph import lower_graph
+    from .passes.specialize import specialize
+    from .plan.plan import make_plan
+
+    try:
+        plan = make_plan(lower_graph(specialize(graph, shapes)))
+    except KilnError as error:
+        return f"memory plan: unavailable ({error})"
+    return (f"memory plan: {len(plan.calls)} kernels, arena {plan.arena_bytes:,} bytes "
+            f"(intermediates without reuse: {plan.unshared_bytes:,} bytes)")
+
+
 def _run(args: argparse.Namespace, log: Callable[[str], None]) -> None:
+    if args.model.suffix in (".so", ".dylib", ".dll"):
+        names, outputs = _run_library(args, log)
+    else:
+        names, outputs = _run_reference(args, log)
+    named = dict(zip(names, outputs, strict=True))
+    width = max((len(name) for name in named), default=0)
+    for name, array in named.items():
+        print(f"{name:<{width}}  {_describe_array(array)}  {_checksum(array)}")
+    if args.output is not None:
+        _save_outputs(args.output, named)
+        log(f"wrote {args.output}")
+
+
+def _run_reference(
+    args: argparse.Namespace, log: Callable[[str], None]
+) -> tuple[list[str], list[np.ndarray]]:
     from . import reference
 
     graph = _load(args.model, log)
     if args.inputs is not None:
-        inputs = _read_inputs(graph, args.inputs)
+        inputs = _read_inputs([v.name for v in graph.inputs], args.inputs)
     else:
         inputs = _random_inputs(graph, dict(args.input_shape), args.seed)
     for name, array in inputs.items():
@@ -175,13 +245,27 @@ def _run(args: argparse.Namespace, log: Callable[[str], None]) -> None:
     log("running the reference executor")
     outputs = reference.run(graph, inputs)
     log("done")
-    named = {value.name: array for value, array in zip(graph.outputs, outputs, strict=True)}
-    width = max((len(name) for name in named), default=0)
-    for name, array in named.items():
-        print(f"{name:<{width}}  {_describe_array(array)}  {_checksum(array)}")
-    if args.output is not None:
-        _save_outputs(args.output, named)
-        log(f"wrote {args.output}")
+    return [v.name for v in graph.outputs], outputs
+
+
+def _run_library(
+    args: argparse.Namespace, log: Callable[[str], None]
+) -> tuple[list[str], list[np.ndarray]]:
+    from kiln.runtime import load
+
+    if not args.model.is_file():
+        raise UsageError(f"library '{args.model}' does not exist")
+    with load(str(args.model), threads=args.threads) as model:
+        if args.inputs is not None:
+            inputs = _read_inputs([i.name for i in model.inputs], args.inputs)
+        else:
+            rng = np.random.default_rng(args.seed)
+            inputs = {i.name: _random_array(rng, DType.from_numpy(i.dtype), tuple(i.shape))
+                      for i in model.inputs}
+        log("running the compiled library")
+        outputs = model.run(inputs)
+        log("done")
+        return [o.name for o in model.outputs], outputs
 
 
 def _save_outputs(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
@@ -193,7 +277,7 @@ def _save_outputs(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
                 np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
-def _read_inputs(graph: Graph, path: Path) -> dict[str, np.ndarray]:
+def _read_inputs(expected: list[str], path: Path) -> dict[str, np.ndarray]:
     try:
         data = np.load(path, allow_pickle=False)
     except FileNotFoundError:
@@ -208,7 +292,6 @@ def _read_inputs(graph: Graph, path: Path) -> dict[str, np.ndarray]:
             inputs = {name: data[name] for name in data.files}
     except (OSError, ValueError, zipfile.BadZipFile) as error:
         raise UsageError(f"--inputs file '{path}' is damaged: {error}") from None
-    expected = [v.name for v in graph.inputs]
     missing = [n for n in expected if n not in inputs]
     extra = [n for n in inputs if n not in expected]
     if missing or extra:

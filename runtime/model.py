@@ -44,7 +44,7 @@ class TensorInfo:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
     def __str__(self) -> str:
-        return f"{self.name}: {_dtype_name(self.dtype)}[{','.join(map(str, self.shape))}]"
+        return f"{self.name}: {self.dtype}[{','.join(map(str, self.shape))}]"
 
 
 def bf16_dtype() -> np.dtype:
@@ -59,8 +59,8 @@ def numpy_dtype(code: int) -> np.dtype:
     return bf16_dtype() if code == abi.BF16 else abi.storage_dtype(code)
 
 
-def _dtype_name(dtype: np.dtype) -> str:
-    return str(dtype)
+def _expected_dtype(info: TensorInfo, code: int) -> str:
+    return "bfloat16 (or its bits as uint16)" if code == abi.BF16 else str(info.dtype)
 
 
 def _accepts(expected: np.dtype, code: int, given: np.dtype) -> bool:
@@ -136,8 +136,8 @@ class Model:
             array = np.asarray(inputs[info.name])
             if not _accepts(info.dtype, code, array.dtype):
                 raise KilnRuntimeError(
-                    f"input '{info.name}': expected dtype {_dtype_name(info.dtype)}, got "
-                    f"{_dtype_name(array.dtype)}")
+                    f"input '{info.name}': expected dtype {_expected_dtype(info, code)}, got "
+                    f"{array.dtype}")
             if array.shape != info.shape:
                 raise KilnRuntimeError(
                     f"input '{info.name}': expected shape {info.shape}, got {array.shape}")

@@ -1,4 +1,4 @@
-"""``build``: graph IR in, a compiled model library out (read top to bottom).
+"""The compiler driver: ``build``, graph IR in, a compiled model library out.
 
     specialize (bind symbolic dims, fold shapes) -> lower (kernel IR per node)
     -> plan (kernel order, arena and weights placement) -> LLVM module (kernels, plan,

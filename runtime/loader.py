@@ -1,0 +1,127 @@
+"""Opening a compiled model library with ctypes: ``load(path, threads=None) -> Model``.
+
+``NativeLibrary`` binds the C ABI of kiln.h (prototypes, status checks turning a failure into
+``KilnRuntimeError`` with ``kiln_last_error``'s text). The library is opened with RTLD_LOCAL, so
+several models can live in one process without their symbols clashing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+from . import abi
+from .model import KilnRuntimeError, Model, TensorInfo
+
+
+class _TensorInfoStruct(ctypes.Structure):
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("dtype", ctypes.c_int32),
+        ("rank", ctypes.c_int32),
+        ("shape", ctypes.POINTER(ctypes.c_int64)),
+    ]
+
+
+_PROTOTYPES: dict[str, tuple[object, list[object]]] = {
+    "kiln_abi_version": (ctypes.c_int32, []),
+    "kiln_num_inputs": (ctypes.c_int32, []),
+    "kiln_num_outputs": (ctypes.c_int32, []),
+    "kiln_input_info": (ctypes.c_int, [ctypes.c_int32, ctypes.POINTER(_TensorInfoStruct)]),
+    "kiln_output_info": (ctypes.c_int, [ctypes.c_int32, ctypes.POINTER(_TensorInfoStruct)]),
+    "kiln_create": (ctypes.c_int, [ctypes.c_int32, ctypes.c_char_p,
+                                   ctypes.POINTER(ctypes.c_void_p)]),
+    "kiln_destroy": (None, [ctypes.c_void_p]),
+    "kiln_run": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]),
+    "kiln_last_error": (ctypes.c_char_p, []),
+}
+
+
+class NativeLibrary:
+    """The C ABI of one model library."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        if not os.path.isfile(self.path):
+            raise KilnRuntimeError(f"no model library at {self.path}")
+        try:
+            self._dll = ctypes.CDLL(self.path, mode=os.RTLD_LOCAL | os.RTLD_NOW)
+        except OSError as error:
+            raise KilnRuntimeError(f"cannot load model library {self.path}: {error}") from None
+        for name, (restype, argtypes) in _PROTOTYPES.items():
+            try:
+                function = getattr(self._dll, name)
+            except AttributeError:
+                raise KilnRuntimeError(
+                    f"{self.path} is not a Kiln model library (it lacks {name})") from None
+            function.restype = restype
+            function.argtypes = argtypes
+        version = self._dll.kiln_abi_version()
+        if version != abi.ABI_VERSION:
+            raise KilnRuntimeError(
+                f"{self.path} was built for Kiln ABI version {version}; this runtime speaks "
+                f"version {abi.ABI_VERSION}")
+
+    def _check(self, status: int, what: str) -> None:
+        if status == abi.Status.OK:
+            return
+        message = (self._dll.kiln_last_error() or b"").decode("utf-8", "replace")
+        try:
+            code: abi.Status | None = abi.Status(status)
+            name = code.name
+        except ValueError:
+            code, name = None, f"status {status}"
+        raise KilnRuntimeError(f"{what} failed ({name}): {message}", code)
+
+    def _infos(self, output: bool) -> list[_TensorInfoStruct]:
+        count = self._dll.kiln_num_outputs() if output else self._dll.kiln_num_inputs()
+        query = self._dll.kiln_output_info if output else self._dll.kiln_input_info
+        infos = []
+        for index in range(count):
+            info = _TensorInfoStruct()
+            self._check(query(index, ctypes.byref(info)), "querying the model")
+            infos.append(info)
+        return infos
+
+    def dtype_codes(self, output: bool) -> list[int]:
+        return [info.dtype for info in self._infos(output)]
+
+    def tensors(self, output: bool, dtype_of: Callable[[int], np.dtype]) -> list[TensorInfo]:
+        tensors = []
+        for info in self._infos(output):
+            if info.dtype not in abi.DTYPE_NAMES:
+                raise KilnRuntimeError(f"{self.path}: tensor {info.name!r} has unknown dtype "
+                                       f"code {info.dtype}")
+            shape = tuple(int(info.shape[d]) for d in range(info.rank))
+            tensors.append(TensorInfo(info.name.decode("utf-8"), dtype_of(info.dtype), shape))
+        return tensors
+
+    def create(self, threads: int | None, weights_path: str | None) -> ctypes.c_void_p:
+        handle = ctypes.c_void_p()
+        path = None if weights_path is None else os.fsencode(weights_path)
+        self._check(self._dll.kiln_create(threads or 0, path, ctypes.byref(handle)),
+                    "creating the model instance")
+        return handle
+
+    def destroy(self, handle: ctypes.c_void_p) -> None:
+        self._dll.kiln_destroy(handle)
+
+    def run(self, handle: ctypes.c_void_p, inputs: ctypes.Array, outputs: ctypes.Array) -> None:
+        self._check(self._dll.kiln_run(handle, inputs, outputs), "running the model")
+
+
+def load(path: str | os.PathLike[str], threads: int | None = None,
+         weights_path: str | os.PathLike[str] | None = None) -> Model:
+    """Open a compiled model library and create an instance.
+
+    ``threads``: size of the instance's thread pool (None or 0: one per online CPU).
+    ``weights_path``: the external weights file of a library built with external weights
+    (default: the ``.bin`` beside the library); ignored when the weights are embedded.
+    """
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)):
+        raise KilnRuntimeError(f"threads must be an int or None, got {threads!r}")
+    weights = None if weights_path is None else os.fspath(weights_path)
+    return Model(NativeLibrary(path), threads, weights)
