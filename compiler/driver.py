@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from kiln.runtime import Model
 from kiln.runtime import load as load_library
-from kiln.runtime.loader import Model
 
-from .artifact import build_library
+from .artifact import build_library, fnv1a64
 from .codegen.compile import compile_module
 from .codegen.plan_module import build_module
 from .codegen.target import Target
@@ -115,11 +115,17 @@ def build(
     plan: Plan = phase("plan", make_plan, lowered)
     names = ([v.name for v in static.inputs], list(plan.output_names))
     external = weights == "external"
-    module = phase("codegen", build_module, plan, machine, names, external)
+    checksum = fnv1a64(plan.weights)
+    module = phase("codegen", build_module, plan, machine, names, external, checksum)
     obj = phase("llvm", compile_module, module, machine, opt_level)
     folder = Path(tempfile.mkdtemp(prefix="kiln-"))
     library = folder / "model.so"
-    phase("link", build_library, obj, plan, names, machine, library, external)
+    phase("link", lambda: build_library(
+        obj, library,
+        inputs=[(n, b.dtype, b.shape) for n, b in zip(names[0], plan.inputs, strict=True)],
+        outputs=[(n, b.dtype, b.shape) for n, b in zip(names[1], plan.outputs, strict=True)],
+        weights=plan.weights, external_weights=external, target=machine,
+    ))
     stats = BuildStats(len(plan.calls), plan.arena_bytes, plan.unshared_bytes,
                        len(plan.weights), seconds)
     if progress:

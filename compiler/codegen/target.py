@@ -63,7 +63,7 @@ def _vector_bits(arch: str, cpu: str, features: str) -> int:
     if arch == "x86_64":
         if "avx512f" in enabled:
             return 512
-        return 256 if "avx" in enabled else 128  # SSE2 is baseline on x86-64
+        return 256 if enabled & {"avx", "avx2"} else 128  # SSE2 is baseline on x86-64
     if arch.startswith(("aarch64", "arm64")):
         return 128  # Advanced SIMD is mandatory on AArch64
     if arch.startswith(("arm", "thumb")):
@@ -151,17 +151,22 @@ class Target:
         return self.arch.startswith(("nvptx", "amdgcn"))
 
     def target_machine(self, opt_level: int = 2) -> llvm.TargetMachine:
-        """An LLVM target machine (position-independent code, for shared libraries)."""
-        initialize_llvm()
-        return llvm.Target.from_triple(self.triple).create_target_machine(
-            cpu=self.cpu,
-            features=self.features,
-            opt=max(0, min(3, opt_level)),
-            reloc="pic",
-            codemodel="default",
-            abiname=self.abi,
-        )
+        """An LLVM target machine (position-independent code, for shared libraries); cached."""
+        return _target_machine(self, max(0, min(3, opt_level)))
 
     @property
     def data_layout(self) -> str:
         return str(self.target_machine().target_data)
+
+
+@cache
+def _target_machine(target: Target, opt_level: int) -> llvm.TargetMachine:
+    initialize_llvm()
+    return llvm.Target.from_triple(target.triple).create_target_machine(
+        cpu=target.cpu,
+        features=target.features,
+        opt=opt_level,
+        reloc="pic",
+        codemodel="default",
+        abiname=target.abi,
+    )

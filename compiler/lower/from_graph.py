@@ -55,7 +55,7 @@ def lower_graph(graph: Graph) -> LoweredGraph:
             out = node.outputs[0]
             assert out is not None
             buffers[out.name] = buffer_of(out)
-            constants[out.name] = np.ascontiguousarray(node.attrs["value"])
+            constants[out.name] = np.asarray(node.attrs["value"], order="C")
             continue
         for value in node.outputs:
             if value is not None and not value.type.is_static:

@@ -225,8 +225,9 @@ class _Interpreter:
             return scalar(_compare(node.op, self.expr(node.a, env), self.expr(node.b, env)),
                           DType.BOOL)
         if isinstance(node, Select):
-            chosen = node.a if self.expr(node.cond, env) else node.b
-            return self.expr(chosen, env)
+            # Both operands are evaluated, as compiled code may: a load in either must be valid.
+            a, b = self.expr(node.a, env), self.expr(node.b, env)
+            return a if self.expr(node.cond, env) else b
         if isinstance(node, Cast):
             with np.errstate(all="ignore"):
                 return scalar(_cast(self.expr(node.x, env), node.x.dtype, node.dtype), node.dtype)

@@ -17,6 +17,9 @@ Semantics of the operators (what every backend must implement):
 - ``min``/``max`` on floats propagate NaN (ONNX Min/Max), unlike C's fmin/fmax.
 - ``shl``/``shr``: logical shifts for unsigned, arithmetic right shift for signed; a shift
   count >= the bit width gives 0 (ONNX BitShift), never undefined behaviour.
+- ``Select`` may evaluate both operands (backends emit a branch-free select): a load in either
+  operand must be in bounds whatever the condition; guard a load that may not be with ``If``.
+- ``Loop`` extents may be run-time expressions; an extent <= 0 runs no iteration.
 - ``round`` rounds half to even; ``cast`` from float to int truncates toward zero and saturates
   (NaN gives 0), from anything to bool is ``x != 0``.
 """

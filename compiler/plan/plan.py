@@ -12,12 +12,11 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-import numpy as np
-
+from ..artifact.weights import pack_weights
 from ..ir.types import DType
 from ..lower.from_graph import LoweredGraph
 from ..lower.kernel_ir import Block, Buffer, Const, If, Kernel, Loop, LoopKind, Report, Stmt, Var
-from .memory import ALIGNMENT, Lifetime, align, place
+from .memory import Lifetime, place
 
 
 class Place(enum.Enum):
@@ -86,8 +85,9 @@ def make_plan(lowered: LoweredGraph) -> Plan:
     locations: dict[str, Location] = {
         b.name: Location(Place.INPUT, i) for i, b in enumerate(lowered.inputs)
     }
-    weights, weight_offsets = pack_weights(lowered.constants)
-    for name, offset in weight_offsets.items():
+    names = sorted(lowered.constants)
+    weights, weight_offsets = pack_weights([lowered.constants[n] for n in names])
+    for name, offset in zip(names, weight_offsets, strict=True):
         locations[name] = Location(Place.WEIGHT, offset)
 
     produced: set[str] = set()
@@ -119,19 +119,6 @@ def make_plan(lowered: LoweredGraph) -> Plan:
         lowered.inputs, tuple(output_buffers), tuple(b.name for b in lowered.outputs), calls,
         weights, arena.arena_bytes, arena.total_bytes,
     )
-
-
-def pack_weights(constants: dict[str, np.ndarray]) -> tuple[bytes, dict[str, int]]:
-    """Constants concatenated at ALIGNMENT-aligned offsets (deterministic: by name order)."""
-    blob = bytearray()
-    offsets: dict[str, int] = {}
-    for name in sorted(constants):
-        data = np.ascontiguousarray(constants[name])
-        blob.extend(b"\0" * (align(len(blob)) - len(blob)))
-        offsets[name] = len(blob)
-        blob.extend(data.tobytes())
-    blob.extend(b"\0" * (align(len(blob), ALIGNMENT) - len(blob)))
-    return bytes(blob), offsets
 
 
 def _lifetimes(

@@ -98,6 +98,7 @@ KILN_API kiln_status kiln_output_info(int32_t index, kiln_tensor_info *info) {
 typedef struct kiln_pool_worker {
     struct kiln_instance *instance;
     int32_t index;          /* 1 .. num_threads-1; the calling thread is chunk 0 */
+    unsigned start_generation;
     pthread_t thread;
 } kiln_pool_worker;
 
@@ -146,7 +147,8 @@ static void run_chunk(kiln_instance *inst, int64_t chunk, int64_t chunks) {
 static void *worker_main(void *arg) {
     kiln_pool_worker *self = arg;
     kiln_instance *inst = self->instance;
-    unsigned seen = atomic_load_explicit(&inst->generation, memory_order_acquire);
+    /* Not the current generation: a job may be published before this thread first runs. */
+    unsigned seen = self->start_generation;
     tls_in_parallel = 1;
     for (;;) {
         unsigned now = seen;
@@ -197,6 +199,7 @@ static kiln_status start_pool(kiln_instance *inst) {
     for (int32_t i = 0; i < count; i++) {
         inst->workers[i].instance = inst;
         inst->workers[i].index = i + 1;
+        inst->workers[i].start_generation = atomic_load(&inst->generation);
         err = pthread_create(&inst->workers[i].thread, NULL, worker_main, &inst->workers[i]);
         if (err != 0) break;
         inst->num_workers = i + 1;

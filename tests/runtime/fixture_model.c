@@ -16,6 +16,8 @@
 #include "kiln_internal.h"
 
 #define N 4099
+/* pack_weights pads the blob to a multiple of 64 bytes. */
+#define WEIGHTS_BYTES ((N * 4 + 63) / 64 * 64)
 
 static const int64_t shape_n[] = {N};
 static const int64_t shape_3[] = {3};
@@ -101,5 +103,5 @@ extern const uint8_t kiln__weights[];
 
 const kiln_model_desc kiln__model = {
     KILN_ABI_VERSION, 4, 5, WEIGHTS_EXTERNAL, inputs, outputs,
-    N * sizeof(float) + 64, N * sizeof(float), WEIGHTS_POINTER, KILN_TEST_CHECKSUM, plan_run,
+    N * sizeof(float) + 64, WEIGHTS_BYTES, WEIGHTS_POINTER, KILN_TEST_CHECKSUM, plan_run,
 };

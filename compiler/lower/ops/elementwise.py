@@ -1,19 +1,238 @@
-"""Lowerings of the elementwise ops (filled in by its owner)."""
+"""Lowerings of the elementwise ops: one loop nest over the output whose body stores the op's
+scalar expression of broadcast loads of its inputs.
+
+``SCALAR`` maps each op to its expression builder and to the type its operands are computed in,
+mirroring the reference kernels (compiler/reference/kernels/elementwise.py, which define the
+semantics): float16/bfloat16 arithmetic in float32 rounded once at the store, integers in their
+own type, the float maps that admit integers (Shrink) in float64, and exact ops (comparisons,
+logic, min/max, selects, casts) on the loaded values as they are.
+"""
 
 from __future__ import annotations
 
+import functools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
 from ...ir.op import Op
-from ..kernel_ir import Binary, Stmt, Var
+from ...ir.types import DType
+from ..kernel_ir import Binary, Cast, Compare, Expr, Kernel, Stmt, Unary, select
 from ..registry import LowerContext, lowering
-from .common import broadcast_index, over
+from .common import broadcast_index
+from .elementwise_scalar import (
+    const,
+    divide,
+    expm1,
+    fabs,
+    floor_mod,
+    fmax,
+    fmin,
+    int_div,
+    int_rem,
+    loop_over,
+    sigmoid,
+    softplus,
+    to_float,
+    wide,
+)
+
+Attrs = Mapping[str, Any]
+Operands = Sequence[Expr | None]
 
 
-@lowering(Op.ADD)
-def lower_add(ctx: LowerContext) -> list:  # type: ignore[type-arg]
-    a, b, out = ctx.input(0), ctx.input(1), ctx.output()
+@dataclass(frozen=True)
+class Scalar:
+    """How one op computes an output element: ``build(operands, attrs)`` from its operands
+    (absent optional inputs are None), each first cast to ``compute(its dtype)``."""
 
-    def body(idx: list[Var]) -> Stmt:
-        return out.store(idx, Binary("add", a.load(*broadcast_index(idx, a)),
-                                     b.load(*broadcast_index(idx, b))))
+    build: Callable[[Operands, Attrs], Expr]
+    compute: Callable[[DType], DType]
 
-    return [ctx.kernel(over(out.shape, body, parallel_outer=True))]
+
+def own(dtype: DType) -> DType:
+    return dtype
+
+
+def _unary(fn: Callable[[Expr, Attrs], Expr], compute: Callable[[DType], DType]) -> Scalar:
+    return Scalar(lambda xs, attrs: fn(xs[0], attrs), compute)  # type: ignore[arg-type]
+
+
+def _binary(fn: Callable[[Expr, Expr, Attrs], Expr], compute: Callable[[DType], DType]) -> Scalar:
+    return Scalar(lambda xs, attrs: fn(xs[0], xs[1], attrs), compute)  # type: ignore[arg-type]
+
+
+def _call(op: str) -> Callable[[Expr, Attrs], Expr]:
+    return lambda x, attrs: Unary(op, x)
+
+
+def _gelu(x: Expr, attrs: Attrs) -> Expr:
+    if attrs["approximate"] == "tanh":
+        inner = math.sqrt(2 / math.pi) * (x + 0.044715 * (x * x * x))
+        # 0.5 * (1 + tanh(u)) = sigmoid(2u), without the cancellation of 1 + tanh(u) near -1.
+        return x * sigmoid(2 * inner)
+    return 0.5 * x * (1 + Unary("erf", divide(x, math.sqrt(2))))
+
+
+def _shrink(x: Expr, attrs: Attrs) -> Expr:
+    lambd, bias = attrs["lambd"], attrs["bias"]
+    return select(x < -lambd, x + bias, select(x > lambd, x - bias, 0))
+
+
+def _clamp01(x: Expr) -> Expr:
+    return fmin(fmax(x, 0), 1)
+
+
+FLOAT_MAPS: dict[Op, Callable[[Expr, Attrs], Expr]] = {
+    **{op: _call(name) for op, name in (
+        (Op.ACOS, "acos"), (Op.ACOSH, "acosh"), (Op.ASIN, "asin"), (Op.ASINH, "asinh"),
+        (Op.ATAN, "atan"), (Op.ATANH, "atanh"), (Op.COS, "cos"), (Op.COSH, "cosh"),
+        (Op.ERF, "erf"), (Op.EXP, "exp"), (Op.LOG, "log"), (Op.SIGMOID, "sigmoid"),
+        (Op.SIN, "sin"), (Op.SINH, "sinh"), (Op.SQRT, "sqrt"), (Op.TAN, "tan"),
+        (Op.TANH, "tanh"),
+    )},
+    Op.RECIPROCAL: lambda x, a: divide(1, x),
+    Op.SOFTPLUS: lambda x, a: softplus(x),
+    Op.SOFTSIGN: lambda x, a: divide(x, 1 + fabs(x)),
+    Op.MISH: lambda x, a: x * Unary("tanh", softplus(x)),
+    Op.GELU: _gelu,
+    Op.ELU: lambda x, a: select(x < 0, a["alpha"] * expm1(x), x),
+    Op.SELU: lambda x, a: a["gamma"] * select(x > 0, x, a["alpha"] * expm1(x)),
+    Op.CELU: lambda x, a: fmax(x, 0) + fmin(0, a["alpha"] * expm1(divide(x, a["alpha"]))),
+    Op.LEAKY_RELU: lambda x, a: select(x < 0, a["alpha"] * x, x),
+    Op.HARD_SIGMOID: lambda x, a: _clamp01(a["alpha"] * x + a["beta"]),
+    Op.HARD_SWISH: lambda x, a: x * _clamp01(divide(x, 6) + 0.5),
+    Op.THRESHOLDED_RELU: lambda x, a: select(x > a["alpha"], x, 0),
+    Op.SWISH: lambda x, a: x * sigmoid(a["alpha"] * x),
+    Op.SHRINK: _shrink,
+}
+
+
+def _is_inf(x: Expr, attrs: Attrs) -> Expr:
+    positive, negative = bool(attrs["detect_positive"]), bool(attrs["detect_negative"])
+    if positive and negative:
+        return Unary("isinf", x)
+    if positive or negative:
+        return x.eq(math.inf if positive else -math.inf)
+    return const(False, DType.BOOL)
+
+
+# Exact in the operand's own type.
+EXACT_MAPS: dict[Op, Callable[[Expr, Attrs], Expr]] = {
+    **{op: _call(name) for op, name in (
+        (Op.ABS, "abs"), (Op.NEG, "neg"), (Op.SIGN, "sign"), (Op.CEIL, "ceil"),
+        (Op.FLOOR, "floor"), (Op.ROUND, "round"), (Op.NOT, "not"), (Op.BITWISE_NOT, "not"),
+        (Op.IS_NAN, "isnan"),
+    )},
+    Op.RELU: lambda x, a: fmax(x, 0),
+    Op.IDENTITY: lambda x, a: x,
+    Op.IS_INF: _is_inf,
+    Op.CAST: lambda x, a: x.cast(a["to"]),
+}
+
+
+def _divide(a: Expr, b: Expr, attrs: Attrs) -> Expr:
+    return Binary("div", a, b) if a.dtype.is_float else int_div(a, b)
+
+
+def _mod(a: Expr, b: Expr, attrs: Attrs) -> Expr:
+    if not attrs["fmod"]:
+        return floor_mod(a, b)
+    return Binary("rem", a, b) if a.dtype.is_float else int_rem(a, b)
+
+
+def _pow(base: Expr, exponent: Expr, attrs: Attrs) -> Expr:
+    """The result has the base's type: float bases take the exponent in their compute type;
+    integer bases go through float64 for float exponents and stay exact for integer ones."""
+    if base.dtype.is_float:
+        return Binary("pow", base, exponent.cast(base.dtype))
+    if exponent.dtype.is_float:
+        return Binary("pow", base.cast(DType.F64), exponent.cast(DType.F64))
+    return Binary("pow", base, exponent.cast(base.dtype))
+
+
+def _compare(op: str) -> Callable[[Expr, Expr, Attrs], Expr]:
+    return lambda a, b, attrs: Compare(op, a, b)
+
+
+def _bits(op: str) -> Callable[[Expr, Expr, Attrs], Expr]:
+    return lambda a, b, attrs: Binary(op, a, b)
+
+
+ARITHMETIC: dict[Op, Callable[[Expr, Expr, Attrs], Expr]] = {
+    Op.ADD: lambda a, b, _: a + b,
+    Op.SUB: lambda a, b, _: a - b,
+    Op.MUL: lambda a, b, _: a * b,
+    Op.DIV: _divide,
+    Op.MOD: _mod,
+    Op.PRELU: lambda x, slope, _: select(x < 0, slope * x, x),
+    Op.SWIGLU: lambda a, b, attrs: a * sigmoid(attrs["alpha"] * a) * b,
+}
+
+EXACT_BINARY: dict[Op, Callable[[Expr, Expr, Attrs], Expr]] = {
+    Op.EQUAL: _compare("eq"),
+    Op.GREATER: _compare("gt"),
+    Op.LESS: _compare("lt"),
+    Op.GREATER_OR_EQUAL: _compare("ge"),
+    Op.LESS_OR_EQUAL: _compare("le"),
+    Op.AND: _bits("and"),
+    Op.OR: _bits("or"),
+    Op.XOR: _bits("xor"),
+    Op.BITWISE_AND: _bits("and"),
+    Op.BITWISE_OR: _bits("or"),
+    Op.BITWISE_XOR: _bits("xor"),
+    Op.BIT_SHIFT: lambda a, b, attrs: Binary("shl" if attrs["direction"] == "LEFT" else "shr",
+                                             a, b),
+}
+
+
+def _fold(combine: Callable[[Expr, Expr], Expr]) -> Callable[[Operands, Attrs], Expr]:
+    return lambda xs, attrs: functools.reduce(combine, [x for x in xs if x is not None])
+
+
+def _mean(xs: Operands, attrs: Attrs) -> Expr:
+    present = [x for x in xs if x is not None]
+    return divide(functools.reduce(Expr.__add__, present), len(present))
+
+
+def _clip(xs: Operands, attrs: Attrs) -> Expr:
+    # max(x, low) then min(., high): with low > high every element becomes high (ONNX).
+    x, low, high = (list(xs) + [None, None])[:3]
+    assert x is not None
+    result = x if low is None else fmax(x, low)
+    return result if high is None else fmin(result, high)
+
+
+SCALAR: dict[Op, Scalar] = {
+    **{op: _unary(fn, to_float) for op, fn in FLOAT_MAPS.items()},
+    **{op: _unary(fn, own) for op, fn in EXACT_MAPS.items()},
+    **{op: _binary(fn, wide) for op, fn in ARITHMETIC.items()},
+    **{op: _binary(fn, own) for op, fn in EXACT_BINARY.items()},
+    Op.POW: _binary(_pow, wide),
+    Op.MAX: Scalar(_fold(fmax), own),
+    Op.MIN: Scalar(_fold(fmin), own),
+    Op.SUM: Scalar(_fold(Expr.__add__), wide),
+    Op.MEAN: Scalar(_mean, wide),
+    Op.WHERE: Scalar(lambda xs, attrs: select(*xs), own),  # type: ignore[arg-type]
+    Op.CLIP: Scalar(_clip, own),
+}
+
+
+@lowering(*SCALAR)
+def lower_elementwise(ctx: LowerContext) -> list[Kernel]:
+    """One kernel: for each output position, the op's expression of its operands' elements
+    (numpy broadcasting), rounded to the output type."""
+    spec = SCALAR[ctx.op]
+    out = ctx.output()
+    operands = [ctx.input(i) if ctx.has_input(i) else None for i in range(len(ctx.inputs))]
+
+    def body(index: list[Expr]) -> Stmt:
+        values = [
+            None if b is None else b.load(*broadcast_index(index, b)).cast(spec.compute(b.dtype))
+            for b in operands
+        ]
+        value = spec.build(values, ctx.attrs)
+        return out.store(index, value if value.dtype == out.dtype else Cast(value, out.dtype))
+
+    return [ctx.kernel(loop_over(out.shape, body, "i", out.numel, vectorize=True))]

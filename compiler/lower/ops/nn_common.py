@@ -13,7 +13,6 @@ from ..kernel_ir import (
     Assign,
     Binary,
     Const,
-    Declare,
     Expr,
     If,
     Loop,
@@ -21,8 +20,6 @@ from ..kernel_ir import (
     Stmt,
     Unary,
     Var,
-    block,
-    select,
 )
 
 # Below this many scalar operations a parallel loop costs more than it saves.
@@ -108,17 +105,6 @@ def nest(
     return body
 
 
-def reduce_into(
-    acc: Var,
-    init: Expr,
-    extents: Sequence[int],
-    prefix: str,
-    update: Callable[[list[Expr]], Stmt],
-) -> list[Stmt]:
-    """Declare ``acc`` = ``init`` then run ``update`` (Assigns to acc) over a serial nest."""
-    return [Declare(acc, init), nest(extents, update, prefix)]
-
-
 def add_to(acc: Var, value: Expr) -> Assign:
     return Assign(acc, acc + value)
 
@@ -155,3 +141,7 @@ def requantize(value: Expr, zero: Expr, out: DType) -> Expr:
     clipped = Binary("min", Binary("max", shifted, const(info.min, DType.F64)),
                      const(info.max, DType.F64))
     return clipped.cast(out)
+
+
+def sqrt(x: Expr) -> Expr:
+    return Unary("sqrt", x)

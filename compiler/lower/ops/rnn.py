@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ...ir.op import Op
-from ...ir.rules.rnn import ACTIVATION_COUNT, ACTIVATION_PARAMS, DEFAULT_ACTIVATIONS, GATES
+from ...ir.rules.rnn import ACTIVATION_COUNT, ACTIVATION_PARAMS, DEFAULT_ACTIVATIONS
 from ...ir.types import DType
 from ..kernel_ir import (
     Assign,
@@ -141,7 +141,7 @@ class Recurrence:
     xw: Buffer  # [dirs, steps, batch, gated], input projection plus W bias
     gates: Buffer  # [batch, gated], recurrent projection plus R bias
     h: Buffer  # [batch, hidden]
-    c: Buffer  # [batch, hidden]
+    c: Buffer | None  # [batch, hidden], LSTM only
     clip: float | None
 
     def load(self, buffer: Buffer, *indices: Expr | int) -> Expr:
@@ -151,10 +151,6 @@ class Recurrence:
         if self.clip is None:
             return x
         return binary("min", binary("max", x, -self.clip), self.clip)
-
-    def recurrent_input(self, index: int, d: int) -> Expr | None:
-        """Input ``index`` of direction ``d`` as [rows...] loader, or None when absent."""
-        return None if not self.ctx.has_input(index) else Const(d, DType.I64)
 
     def state(self, index: int, d: int, b: Expr, j: Expr) -> Expr:
         """Element (b, j) of initial state input ``index`` of direction ``d`` (0 if absent)."""
@@ -241,6 +237,7 @@ def _gru_cell(step: Step, stmts: list[Stmt], lbr: bool) -> tuple[Expr, Expr | No
 def _lstm_cell(step: Step, stmts: list[Stmt], couple: bool) -> tuple[Expr, Expr | None]:
     rec = step.rec
     ctx = rec.ctx
+    assert rec.c is not None
     c = let(stmts, "c_old", rec.load(rec.c, step.b, step.j))
 
     def peephole(k: int, state: Expr) -> Expr | None:
@@ -287,7 +284,7 @@ def _lower_recurrent(ctx: LowerContext, cell: Cell, gru_reset_first: bool = Fals
         ctx, compute, steps, batch, hidden, gated, layout, xw,
         ctx.scratch("gates", compute, (batch, gated)),
         ctx.scratch("h", compute, (batch, hidden)),
-        ctx.scratch("c", compute, (batch, hidden)),
+        ctx.scratch("c", compute, (batch, hidden)) if ctx.op is Op.LSTM else None,
         None if clip is None else float(clip),
     )
     reset_h = ctx.scratch("rh", compute, (batch, hidden)) if gru_reset_first else None
@@ -325,8 +322,7 @@ def _lower_recurrent(ctx: LowerContext, cell: Cell, gru_reset_first: bool = Fals
     check = _check_lengths(ctx, steps, batch)
     if check is not None:
         body.append(check)
-    y, y_h = ctx.outputs[0] if ctx.outputs else None, ctx.outputs[1] if len(ctx.outputs) > 1 else None
-    y_c = ctx.outputs[2] if len(ctx.outputs) > 2 else None
+    y, y_h, y_c = (ctx.outputs + [None, None, None])[:3]
 
     def state_index(d: int, b: Expr, j: Expr) -> list[Expr | int]:
         return [d, b, j] if layout == 0 else [b, d, j]
@@ -337,7 +333,7 @@ def _lower_recurrent(ctx: LowerContext, cell: Cell, gru_reset_first: bool = Fals
         def init(idx: list[Expr], d: int = d) -> Stmt:
             b, j = idx
             stores = [rec.h.store([b, j], rec.state(5, d, b, j))]
-            if ctx.op is Op.LSTM:
+            if rec.c is not None:
                 stores.append(rec.c.store([b, j], rec.state(6, d, b, j)))
             return block(stores)
 
@@ -352,7 +348,7 @@ def _lower_recurrent(ctx: LowerContext, cell: Cell, gru_reset_first: bool = Fals
             h_new, c_new = cell(step, inner)
             h_var = let(inner, "h_out", h_new)
             inner.append(rec.h.store([b, j], h_var))
-            if c_new is not None:
+            if c_new is not None and rec.c is not None:
                 inner.append(rec.c.store([b, j], c_new))
             writes: list[Stmt] = [If(live, block(inner))]
             if y is not None:
@@ -367,13 +363,14 @@ def _lower_recurrent(ctx: LowerContext, cell: Cell, gru_reset_first: bool = Fals
 
             def reset(idx: list[Expr], d: int = d, backward: bool = backward) -> Stmt:
                 b, k = idx
-                stmts: list[Stmt] = []
-                n = let(stmts, "seq_len", length(b))
+                head: list[Stmt] = []
+                n = let(head, "seq_len", length(b))
                 t = select(s < n, n - 1 - s, s) if backward else s
                 step = Step(rec, d, t, b, k, activations[d])
+                stmts: list[Stmt] = []
                 gate = _apply(step, stmts, 0, "r", step.x(1) + step.r(1))
                 stmts.append(reset_h.store([b, k], gate * rec.load(rec.h, b, k)))
-                return If(s < n, block(stmts))
+                return block(head, If(s < n, block(stmts)))
 
             phases += [
                 rec.matmul_phase("zr", d, (0, 2 * hidden), rec.h, active),
@@ -385,7 +382,7 @@ def _lower_recurrent(ctx: LowerContext, cell: Cell, gru_reset_first: bool = Fals
         phases.append(flat_loop("cell_bj", (batch, hidden), update, 1))
         body.append(flat_loop(f"init{d}_bj", (batch, hidden), init, 1))
         body.append(Loop(s, Const(steps, DType.I64), block(phases)))
-        finals = [(y_h, rec.h)] + ([(y_c, rec.c)] if ctx.op is Op.LSTM else [])
+        finals = [(y_h, rec.h)] + ([(y_c, rec.c)] if rec.c is not None else [])
         for out, state in finals:
             if out is not None:
                 body.append(flat_loop(f"final{d}_bj", (batch, hidden), lambda idx, out=out,
@@ -412,5 +409,3 @@ def lower_lstm(ctx: LowerContext) -> list[Kernel]:
     couple = bool(ctx.attr("input_forget"))
     return _lower_recurrent(ctx, lambda step, stmts: _lstm_cell(step, stmts, couple))
 
-
-assert set(GATES) == {Op.RNN, Op.GRU, Op.LSTM}

@@ -1,0 +1,190 @@
+"""Lowerings of the reduce ops that work along one axis: ArgMax/ArgMin, Hardmax, Softmax,
+LogSoftmax, LpNormalization, CumSum and CumProd (semantics: compiler/reference/kernels/reduce.py).
+
+Each loops over the slices along the axis; per slice, serial passes fold the slice into scalar
+locals, and a last pass (vectorized where positions are independent) stores the results.
+"""
+
+from __future__ import annotations
+
+from ...ir.op import Op
+from ...ir.types import DType
+from ..kernel_ir import (
+    Assign,
+    Buffer,
+    Const,
+    Declare,
+    Expr,
+    Kernel,
+    Loop,
+    Stmt,
+    Unary,
+    Var,
+    block,
+    select,
+)
+from ..registry import LowerContext, lowering
+from .elementwise_scalar import (
+    both,
+    const,
+    divide,
+    either,
+    exp,
+    fabs,
+    fmax,
+    log,
+    lowest,
+    negate,
+    wide,
+)
+from .reduce_loops import Position, accumulate, along, at, normalized_axis, over_slices
+
+
+def arg_extreme(data: Buffer, position: Position, axis: int, largest: bool,
+                last: bool) -> tuple[list[Stmt], Var]:
+    """Statements finding the index of the first (or ``last``) largest (or smallest) element of
+    a slice along ``axis`` (non-empty), as numpy's argmax: NaN counts as the extreme."""
+    best, where, k = Var("best", data.dtype), Var("where"), Var("k")
+    x = data.load(*at(position, axis, k + 1))
+    if last:
+        better: Expr = x >= best if largest else x <= best
+    else:
+        better = x > best if largest else x < best
+    if data.dtype.is_float:
+        x_nan, best_nan = Unary("isnan", x), Unary("isnan", best)
+        # The first NaN wins over numbers; with ``last``, each later NaN replaces it.
+        better = either(both(better, negate(best_nan)), x_nan if last else
+                        both(x_nan, negate(best_nan)))
+    update = block(Assign(where, select(better, k + 1, where)),
+                   Assign(best, select(better, x, best)))
+    stmts = [Declare(best, data.load(*at(position, axis, 0))),
+             Declare(where, Const(0, DType.I64)),
+             Loop(k, Const(data.shape[axis] - 1, DType.I64), update)]
+    return stmts, where
+
+
+def _axis(ctx: LowerContext) -> int:
+    return normalized_axis(ctx, int(ctx.attr("axis")), len(ctx.input(0).shape))
+
+
+@lowering(Op.ARGMAX, Op.ARGMIN)
+def lower_arg_reduce(ctx: LowerContext) -> list[Kernel]:
+    data, out = ctx.input(0), ctx.output()
+    axis = _axis(ctx)
+    if data.shape[axis] == 0:
+        raise ctx.fail(f"cannot take the {ctx.op.value} of an empty axis {axis}")
+    keepdims = bool(ctx.attr("keepdims"))
+
+    def slice_body(position: Position) -> Stmt:
+        stmts, where = arg_extreme(data, position, axis, ctx.op is Op.ARGMAX,
+                                   bool(ctx.attr("select_last_index")))
+        index = at(position, axis, 0) if keepdims else [p for p in position if p is not None]
+        return block(stmts, out.store(index, where))
+
+    return [ctx.kernel(over_slices(data.shape, [axis], slice_body))]
+
+
+@lowering(Op.HARDMAX)
+def lower_hardmax(ctx: LowerContext) -> list[Kernel]:
+    """1 at the first maximum of each slice along the axis, 0 elsewhere."""
+    data, out = ctx.input(0), ctx.output()
+    axis = _axis(ctx)
+    if data.shape[axis] == 0:
+        return [ctx.kernel(block())]  # the output is empty
+
+    def slice_body(position: Position) -> Stmt:
+        stmts, where = arg_extreme(data, position, axis, largest=True, last=False)
+        one, zero = const(1, out.dtype), const(0, out.dtype)
+        fill = along("j", data.shape, position,
+                     lambda index: out.store(index, select(index[axis].eq(where), one, zero)),
+                     vectorize=True)
+        return block(stmts, fill)
+
+    return [ctx.kernel(over_slices(data.shape, [axis], slice_body))]
+
+
+@lowering(Op.SOFTMAX, Op.LOG_SOFTMAX)
+def lower_softmax(ctx: LowerContext) -> list[Kernel]:
+    """exp(x - max) / sum, or (x - max) - log(sum), per slice along the axis; every step
+    rounds to the input's type as the reference does (float16 sums accumulate in float32)."""
+    data, out = ctx.input(0), ctx.output()
+    dtype = data.dtype
+    acc_type = DType.F32 if dtype is DType.F16 else dtype
+    shape = data.shape
+
+    def slice_body(position: Position) -> Stmt:
+        peak_stmts, peak = accumulate("peak", shape, position, lowest(dtype),
+                                      lambda acc, index: fmax(acc, data.load(*index)))
+        total = Var("total", acc_type)
+        if ctx.op is Op.SOFTMAX:
+            # Store exp(x - max) on the way, then scale by the rounded sum.
+            e = Var("e", dtype)
+            sums = along("s", shape, position, lambda index: block(
+                Declare(e, exp(data.load(*index) - peak)),
+                out.store(index, e),
+                Assign(total, total + e.cast(acc_type))))
+            norm = Var("norm", dtype)
+            scale = along("w", shape, position,
+                          lambda index: out.store(index, divide(out.load(*index), norm)),
+                          vectorize=True)
+        else:
+            sums = along("s", shape, position, lambda index: Assign(
+                total, total + exp(data.load(*index) - peak).cast(acc_type)))
+            norm = Var("log_total", dtype)
+            scale = along("w", shape, position,
+                          lambda index: out.store(index, data.load(*index) - peak - norm),
+                          vectorize=True)
+        rounded = total.cast(dtype)
+        return block(peak_stmts, Declare(total, const(0, acc_type)), sums,
+                     Declare(norm, rounded if ctx.op is Op.SOFTMAX else log(rounded)), scale)
+
+    return [ctx.kernel(over_slices(shape, [_axis(ctx)], slice_body))]
+
+
+@lowering(Op.LP_NORMALIZATION)
+def lower_lp_normalization(ctx: LowerContext) -> list[Kernel]:
+    """x / ||slice||_p along the axis (p = 1 or 2); a zero norm gives zeros."""
+    data, out = ctx.input(0), ctx.output()
+    acc_type = wide(data.dtype)
+    squares = ctx.attr("p") == 2
+
+    def term(index: list[Expr]) -> Expr:
+        x = data.load(*index).cast(acc_type)
+        return x * x if squares else fabs(x)
+
+    def slice_body(position: Position) -> Stmt:
+        stmts, total = accumulate("total", data.shape, position, const(0, acc_type),
+                                  lambda acc, index: acc + term(index))
+        norm = Var("norm", acc_type)
+        scaled = along("w", data.shape, position, lambda index: out.store(index, select(
+            norm.eq(0), 0, divide(data.load(*index).cast(acc_type), norm)).cast(out.dtype)),
+            vectorize=True)
+        return block(stmts, Declare(norm, Unary("sqrt", total) if squares else total), scaled)
+
+    return [ctx.kernel(over_slices(data.shape, [_axis(ctx)], slice_body))]
+
+
+@lowering(Op.CUMSUM, Op.CUMPROD)
+def lower_scan(ctx: LowerContext) -> list[Kernel]:
+    """Running sum/product along the constant axis input (optionally exclusive, reversed)."""
+    data, out = ctx.input(0), ctx.output()
+    axis_value = ctx.const(1)
+    if axis_value is None:
+        raise ctx.fail("the axis input is not a compile-time constant; compiled code needs "
+                       "the scan axis at build time")
+    axis = normalized_axis(ctx, int(axis_value.reshape(-1)[0]), len(data.shape))
+    acc_type = wide(data.dtype)
+    extent = data.shape[axis]
+    product = ctx.op is Op.CUMPROD
+
+    def slice_body(position: Position) -> Stmt:
+        acc, k = Var("acc", acc_type), Var("k")
+        j = (extent - 1) - k if ctx.attr("reverse") else k
+        x = data.load(*at(position, axis, j)).cast(acc_type)
+        update = Assign(acc, acc * x if product else acc + x)
+        store = out.store(at(position, axis, j), acc.cast(out.dtype))
+        body = block(store, update) if ctx.attr("exclusive") else block(update, store)
+        return block(Declare(acc, const(1 if product else 0, acc_type)),
+                     Loop(k, Const(extent, DType.I64), body))
+
+    return [ctx.kernel(over_slices(data.shape, [axis], slice_body))]
