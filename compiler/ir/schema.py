@@ -9,6 +9,7 @@ registry is filled on first use of :func:`op_def`. A type rule receives an :clas
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -222,20 +223,19 @@ def define(
     return register
 
 
+@functools.cache
 def _load_rules() -> None:
     from . import rules  # noqa: F401 - importing registers every op
 
 
 def op_def(op: Op) -> OpDef:
     """The schema of ``op``; raises KeyError for an op with no rule (a Kiln bug)."""
-    if not _REGISTRY:
-        _load_rules()
+    _load_rules()
     return _REGISTRY[op]
 
 
 def defined_ops() -> dict[Op, OpDef]:
-    if not _REGISTRY:
-        _load_rules()
+    _load_rules()
     return dict(_REGISTRY)
 
 

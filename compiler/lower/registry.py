@@ -8,6 +8,7 @@ plan places them in the arena for the node's lifetime.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -42,6 +43,7 @@ def lowering(*ops: Op) -> Callable[[Lowering], Lowering]:
     return register
 
 
+@functools.cache
 def _load_lowerings() -> None:
     from .ops import load_all
 
@@ -49,14 +51,12 @@ def _load_lowerings() -> None:
 
 
 def lowering_for(op: Op) -> Lowering | None:
-    if not _LOWERINGS:
-        _load_lowerings()
+    _load_lowerings()
     return _LOWERINGS.get(op)
 
 
 def lowerings() -> dict[Op, Lowering]:
-    if not _LOWERINGS:
-        _load_lowerings()
+    _load_lowerings()
     return dict(_LOWERINGS)
 
 

@@ -207,6 +207,7 @@ def _elementwise_n(name: str, x: Buffer, make: object) -> Kernel:
 
 
 @pytest.mark.parametrize("dtype", [DType.F16, DType.BF16], ids=lambda d: d.value)
+@pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")
 def test_half_conversions_exhaustive(dtype: DType) -> None:
     """Every f16 / bf16 bit pattern widens exactly; f32 / f64 values round to nearest even."""
     bits = np.arange(1 << 16, dtype=np.uint16)

@@ -265,8 +265,9 @@ class ExprEmitter:
                 result = round_to_half(b, result, dtype)
             return result
         if op == "atan2":  # float-only op on integers: computed in f64, cast back
-            wide = [convert(b, v, dtype, DType.F64) for v in (x, y)]
-            return convert(b, self._float_binary(op, *wide, DType.F64), DType.F64, dtype)
+            wide_x, wide_y = (convert(b, v, dtype, DType.F64) for v in (x, y))
+            return convert(b, self._float_binary(op, wide_x, wide_y, DType.F64), DType.F64,
+                           dtype)
         return self._int_binary(op, x, y, dtype)
 
     def _float_binary(self, op: str, x: ir.Value, y: ir.Value, dtype: DType) -> ir.Value:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from llvmlite import ir
 
@@ -54,8 +55,8 @@ class Local:
     var: Var
 
 
-Binding = ir.Value | Local
-Env = dict[str, Binding]
+Binding: TypeAlias = ir.Value | Local
+Env: TypeAlias = dict[str, Binding]
 
 
 class _LoopID(ir.values.MDValue):
@@ -243,9 +244,8 @@ class FunctionEmitter(ExprEmitter):
                 properties.append(prop("llvm.loop.vectorize.width", I32(node.vector_width)))
             return properties
         if node.kind is LoopKind.UNROLL:
-            extent = node.extent
-            if _constant_extent(extent) is not None and _constant_extent(extent) <= \
-                    _FULL_UNROLL_LIMIT:
+            extent = _constant_extent(node.extent)
+            if extent is not None and extent <= _FULL_UNROLL_LIMIT:
                 return [prop("llvm.loop.unroll.full")]
             return [prop("llvm.loop.unroll.enable")]
         return []

@@ -33,7 +33,7 @@ from ..kernel_ir import (
     select,
 )
 from ..registry import LowerContext, lowering
-from .nn_common import acc_dtype, add_to, all_of, const, idx, nest, unravel
+from .nn_common import acc_dtype, all_of, const, idx, nest, unravel
 
 CUBIC_ALPHA = -0.75
 # Tap bases are clamped this far outside the image before the float -> int conversion: every
@@ -260,26 +260,40 @@ def lower_deform_conv(ctx: LowerContext) -> list[Kernel]:
         return block(stmts, nest([per_offset_group], channel, "c"))
 
     per_group_in, per_group_out = channels // group, out_channels // group
+    # Kernel 2 accumulates one output row at a time in f32/f64, the row contiguous and
+    # innermost (vectorized) with the reduction around it: each element still sums its
+    # (channel, tap) terms in order.
+    rows = ctx.scratch("row", acc, (batch * out_channels, ow))
 
     def conv_body(v: list[Expr]) -> Stmt:
-        n, m = unravel(v[0], (batch, out_channels))
-        y, xo = v[1:]
+        row, y = v
+        n, m = unravel(row, (batch, out_channels))
         base = (m // per_group_out) * per_group_in if group > 1 else idx(0)
-        total = Var("acc", acc)
+        weight = Var("weight", acc)
+
+        def along(make: Callable[[Expr], Stmt]) -> Stmt:
+            return nest([ow], lambda xv: make(xv[0]), "x", vectorize_inner=True)
 
         def reduction(r: list[Expr]) -> Stmt:
             c, i, j = r
-            return add_to(total, cols.load(n, base + c, i, j, y, xo)
-                          * w.load(m, c, i, j).cast(acc))
+            return block(Declare(weight, w.load(m, c, i, j).cast(acc)), along(
+                lambda xo: rows.store([row, xo], rows.load(row, xo)
+                                      + cols.load(n, base + c, i, j, y, xo) * weight)))
 
-        result: Expr = total if bias is None else total + bias.load(m).cast(acc)
-        return block(Declare(total, const(0, acc)), nest([per_group_in, kh, kw], reduction, "r"),
-                     out.store([n, m, y, xo], result.cast(out.dtype)))
+        def finish(xo: Expr) -> Stmt:
+            total = rows.load(row, xo)
+            result = total if bias is None else total + bias.load(m).cast(acc)
+            return out.store([n, m, y, xo], result.cast(out.dtype))
+
+        return block(along(lambda xo: rows.store([row, xo], const(0, acc))),
+                     nest([per_group_in, kh, kw], reduction, "r"), along(finish))
 
     sample_work = cols.numel * 4
     conv_work = out.numel * per_group_in * kh * kw
     return [
         ctx.kernel(nest([batch, groups, kh, kw, oh, ow], sample_body, "p", work=sample_work),
-                   outputs=[], scratch=[cols]),
-        ctx.kernel(nest([batch * out_channels, oh, ow], conv_body, "o", work=conv_work)),
+                   inputs=[b for b in (x, offset, mask) if b is not None], outputs=[],
+                   scratch=[cols]),
+        ctx.kernel(nest([batch * out_channels, oh], conv_body, "o", work=conv_work),
+                   inputs=[b for b in (w, bias) if b is not None], scratch=[cols, rows]),
     ]

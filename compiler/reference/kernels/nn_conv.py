@@ -154,7 +154,7 @@ def deform_conv(
     cg, mg = channels // group, out_channels // group
     mat = cols.reshape(batch, group, cg * kh * kw, oh * ow).transpose(1, 0, 3, 2)
     weights = w.astype(acc).reshape(group, mg, cg * kh * kw).transpose(0, 2, 1)
-    y = np.matmul(mat, weights).transpose(1, 0, 3, 2).reshape(batch, out_channels, oh, ow)
+    y = np.matmul(mat, weights[:, None]).transpose(1, 0, 3, 2).reshape(batch, out_channels, oh, ow)
     return add_channel_bias(y, b)
 
 

@@ -7,6 +7,7 @@ but must keep real models (ResNet-50) in seconds: no Python loops over tensor el
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -65,6 +66,7 @@ class KernelContext:
         return ExecutionError(f"{self.node.describe()}: {message}")
 
 
+@functools.cache
 def _load_kernels() -> None:
     from . import (  # noqa: F401 - importing registers the kernels
         control,
@@ -79,12 +81,10 @@ def _load_kernels() -> None:
 
 
 def kernel_for(op: Op) -> Kernel | None:
-    if not _KERNELS:
-        _load_kernels()
+    _load_kernels()
     return _KERNELS.get(op)
 
 
 def kernels() -> dict[Op, Kernel]:
-    if not _KERNELS:
-        _load_kernels()
+    _load_kernels()
     return dict(_KERNELS)
