@@ -24,7 +24,7 @@ from kiln.runtime import Model
 from kiln.runtime import load as load_library
 
 from .artifact import build_library, fnv1a64
-from .codegen.compile import compile_module
+from .codegen.llvm import optimize_and_emit
 from .codegen.plan_module import build_module
 from .codegen.target import Target
 from .errors import KilnError
@@ -117,7 +117,7 @@ def build(
     external = weights == "external"
     checksum = fnv1a64(plan.weights)
     module = phase("codegen", build_module, plan, machine, names, external, checksum)
-    obj = phase("llvm", compile_module, module, machine, opt_level)
+    obj = phase("llvm", optimize_and_emit, module, machine, opt_level)
     folder = Path(tempfile.mkdtemp(prefix="kiln-"))
     library = folder / "model.so"
     phase("link", lambda: build_library(

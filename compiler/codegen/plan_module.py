@@ -15,7 +15,7 @@ from kiln.runtime.abi import ABI_VERSION, DTYPE_CODES, FAILED_SYMBOL, MODEL_SYMB
 
 from ..lower.kernel_ir import Buffer
 from ..plan.plan import Place, Plan
-from .llvm import emit_kernel
+from .llvm import create_module, emit_kernel
 from .target import Target
 
 _I8 = ir.IntType(8)
@@ -37,8 +37,7 @@ def build_module(
     weights_checksum: int,
 ) -> ir.Module:
     """The LLVM module of a planned model; ``names`` are the input and output tensor names."""
-    module = ir.Module(name="kiln_model")
-    module.triple = target.triple
+    module = create_module("kiln_model", target)
     functions: dict[str, ir.Function] = {}
     for call in plan.calls:
         if call.kernel.name not in functions:
