@@ -1,5 +1,8 @@
 """A scalar interpreter of the kernel IR: the executable definition of its semantics.
 
+Buffers are indexed logically (``Buffer.strides`` describe the physical layout a backend uses;
+the arrays given here are the logical tensors).
+
 Slow (one Python step per scalar operation) and meant for small tests of lowerings and
 schedules, independent of any backend. Out-of-bounds loads and stores raise instead of reading
 garbage, so an indexing bug in a lowering shows up here first.
@@ -86,7 +89,7 @@ def _unary(op: str, x: np.generic, dtype: DType) -> object:
     if op == "abs":
         return np.abs(x)
     if op == "sign":
-        return np.sign(x)
+        return x if dtype is DType.BOOL else np.sign(x)
     if op == "not":
         return ~x if dtype is not DType.BOOL else not x
     if op == "isnan":
@@ -118,9 +121,7 @@ def _binary(op: str, a: np.generic, b: np.generic, dtype: DType) -> object:
             raise ExecutionError("integer remainder by zero")
         return np.fmod(a, b)
     if op in ("min", "max"):
-        if not integral and (np.isnan(a) or np.isnan(b)):
-            return np.nan
-        return min(a, b) if op == "min" else max(a, b)
+        return np.minimum(a, b) if op == "min" else np.maximum(a, b)
     if op == "pow":
         if integral:
             base, exponent = int(a), int(b)
@@ -153,6 +154,8 @@ def _cast(x: np.generic, source: DType, target: DType) -> object:
         if math.isnan(value):
             return 0
         info = np.iinfo(target.numpy)
+        if math.isinf(value):
+            return info.max if value > 0 else info.min
         return int(min(max(math.trunc(value), info.min), info.max))
     return x
 

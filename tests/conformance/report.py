@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
+import multiprocessing
 import sys
 import time
 
@@ -41,24 +43,45 @@ def summarize(results: list[CaseResult]) -> str:
     return "\n".join(lines)
 
 
+def _run_named(name: str, compiled: bool) -> CaseResult:
+    return run_case(collect_cases()[name], compiled=compiled)
+
+
+class _Serial:
+    """The Pool interface, in this process (for --jobs 1, and tracebacks that stay readable)."""
+
+    def __enter__(self) -> _Serial:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def imap(self, fn, items):  # type: ignore[no-untyped-def]
+        return map(fn, items)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--filter", default="", help="only cases whose name contains this")
     parser.add_argument("--quiet", action="store_true", help="print only non-passing cases")
     parser.add_argument("--compiled", action="store_true",
                         help="run through kiln.compiler.build (constant integer inputs frozen)")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--write-known-failures", action="store_true",
                         help="rewrite known_failures.txt from this run's failures")
     args = parser.parse_args(argv)
     cases = {n: c for n, c in collect_cases().items() if args.filter in n}
     results = []
     start = time.perf_counter()
-    for name in sorted(cases):
-        result = run_case(cases[name], compiled=args.compiled)
-        results.append(result)
-        if not args.quiet or result.status in ("FAIL", "ERROR"):
-            reason = f"  {result.reason}" if result.reason else ""
-            print(f"{result.status:8} {result.group:8} {name}{reason}"[:400], flush=True)
+    names = sorted(cases)
+    run = functools.partial(_run_named, compiled=args.compiled)
+    pool = multiprocessing.get_context("fork").Pool(args.jobs) if args.jobs > 1 else _Serial()
+    with pool:
+        for name, result in zip(names, pool.imap(run, names), strict=True):
+            results.append(result)
+            if not args.quiet or result.status in ("FAIL", "ERROR"):
+                reason = f"  {result.reason}" if result.reason else ""
+                print(f"{result.status:8} {result.group:8} {name}{reason}"[:400], flush=True)
     print(summarize(results))
     print(f"time: {time.perf_counter() - start:.1f}s")
     if args.write_known_failures:

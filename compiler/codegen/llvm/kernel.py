@@ -257,8 +257,13 @@ class FunctionEmitter(ExprEmitter):
 
 def vectorizable(body: Stmt) -> bool:
     """False when ``body`` holds what the loop vectorizer cannot handle: inner loops, calls
-    (Report, libm functions) or integer powers (a loop)."""
-    if any(isinstance(s, Loop | Report) for s in walk_stmts(body)):
+    (Report, libm functions), integer powers (a loop), or an accumulation into a local declared
+    outside the loop (a float reduction, which must keep its order)."""
+    statements = list(walk_stmts(body))
+    if any(isinstance(s, Loop | Report) for s in statements):
+        return False
+    declared = {s.var.name for s in statements if isinstance(s, Declare)}
+    if any(isinstance(s, Assign) and s.var.name not in declared for s in statements):
         return False
     for expr in stmt_exprs(body):
         if isinstance(expr, Unary) and expr.op in fmath.LIBM_UNARY:
