@@ -187,16 +187,30 @@ def _input_names(model: ModelProto) -> list[str]:
     return [v.name for v in model.graph.input if v.name not in initialized]
 
 
-def freeze_constant_inputs(case: Any) -> tuple[ModelProto, list[int]]:
-    """The case's model with every integer input that holds the same value in all of its data
-    sets turned into an initializer (what an AOT compiler sees of shape and axes inputs), and
-    the positions of the inputs that remain runtime inputs."""
+# Operands that set an output's shape whatever their element type: an AOT compiler sees them
+# as constants in real models (Resize scales are initializers), the test cases feed them.
+SHAPE_OPERANDS = {"Resize": {1, 2, 3}, "Range": {0, 1, 2}, "OneHot": {1}, "Upsample": {1}}
+
+
+def _shape_inputs(model: ModelProto) -> set[str]:
+    return {name for node in model.graph.node if node.op_type in SHAPE_OPERANDS
+            for position, name in enumerate(node.input)
+            if position in SHAPE_OPERANDS[node.op_type]}
+
+
+def freeze_constant_inputs(case: Any, shape_operands: bool = True) -> tuple[ModelProto, list[int]]:
+    """The case's model with inputs that hold the same value in all of its data sets turned into
+    initializers (what an AOT compiler sees), and the positions of the inputs left as runtime
+    inputs. Frozen: integer inputs (shapes, axes, indices), and, with ``shape_operands``, inputs
+    of any element type that feed a shape-setting operand of ``SHAPE_OPERANDS``."""
     names = _input_names(case.model)
+    shape_inputs = _shape_inputs(case.model) if shape_operands else set()
     frozen: dict[str, np.ndarray] = {}
     for position, name in enumerate(names):
         values = [as_array(inputs[position]) for inputs, _ in case.data_sets
                   if position < len(inputs)]
-        if (len(values) == len(case.data_sets) and values[0].dtype.kind in "iu"
+        if (len(values) == len(case.data_sets)
+                and (values[0].dtype.kind in "iu" or name in shape_inputs)
                 and all(v.shape == values[0].shape and np.array_equal(v, values[0])
                         for v in values)):
             frozen[name] = values[0]
@@ -209,9 +223,10 @@ def freeze_constant_inputs(case: Any) -> tuple[ModelProto, list[int]]:
     return model, [i for i, n in enumerate(names) if n not in frozen]
 
 
-def run_case(case: Any, compiled: bool = False) -> CaseResult:
+def run_case(case: Any, compiled: bool = False, shape_operands: bool = True) -> CaseResult:
     """Import, run and compare one case (exceptions become ERROR results). ``compiled`` runs
-    it through ``kiln.compiler.build`` with its constant integer inputs frozen."""
+    it through ``kiln.compiler.build`` with its constant inputs frozen (see
+    ``freeze_constant_inputs``)."""
     from kiln.compiler import reference
     from kiln.frontends.onnx import load_onnx
 
@@ -221,7 +236,7 @@ def run_case(case: Any, compiled: bool = False) -> CaseResult:
     start = time.perf_counter()
     try:
         if compiled:
-            model, positions = freeze_constant_inputs(case)
+            model, positions = freeze_constant_inputs(case, shape_operands)
         else:
             model, positions = case.model, list(range(len(_input_names(case.model))))
         graph = load_onnx(model)

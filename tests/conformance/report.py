@@ -43,8 +43,8 @@ def summarize(results: list[CaseResult]) -> str:
     return "\n".join(lines)
 
 
-def _run_named(name: str, compiled: bool) -> CaseResult:
-    return run_case(collect_cases()[name], compiled=compiled)
+def _run_named(name: str, compiled: bool, shape_operands: bool) -> CaseResult:
+    return run_case(collect_cases()[name], compiled=compiled, shape_operands=shape_operands)
 
 
 class _Serial:
@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="print only non-passing cases")
     parser.add_argument("--compiled", action="store_true",
                         help="run through kiln.compiler.build (constant integer inputs frozen)")
+    parser.add_argument("--integer-inputs-only", action="store_true",
+                        help="with --compiled, freeze only integer inputs (not Resize scales, "
+                             "Range bounds, OneHot depth)")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--write-known-failures", action="store_true",
                         help="rewrite known_failures.txt from this run's failures")
@@ -74,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     start = time.perf_counter()
     names = sorted(cases)
-    run = functools.partial(_run_named, compiled=args.compiled)
+    run = functools.partial(_run_named, compiled=args.compiled,
+                            shape_operands=not args.integer_inputs_only)
     pool = multiprocessing.get_context("fork").Pool(args.jobs) if args.jobs > 1 else _Serial()
     with pool:
         for name, result in zip(names, pool.imap(run, names), strict=True):

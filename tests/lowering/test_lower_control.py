@@ -273,3 +273,38 @@ def test_scan(settings: dict[str, tuple[int, ...]]) -> None:
              "u": rng.standard_normal(u_shape).astype(np.float32),
              "v": rng.standard_normal((4, 2)).astype(np.float32)}
     check(graph, feeds)
+
+
+# ---------------------------------------------------------------- compiled
+
+
+def test_compiled_control_flow() -> None:
+    from kiln.compiler import build
+
+    graph = loop_graph(10, stop_at=7.0, cond_input=True, scan=False)
+    exe = build(graph)
+    for start in (True, False):
+        feeds = loop_feeds(c=np.array(start))
+        for e, g in zip(reference.run(graph, feeds), exe.run(feeds), strict=True):
+            np.testing.assert_allclose(g, e, rtol=1e-6)
+    runtime = loop_graph(None, runtime_limit=True, scan=False)
+    exe = build(runtime)
+    for trips in (0, 3, 70_000):  # 70_000: more than one level of the trip-count nest
+        feeds = loop_feeds(m=np.array(trips))
+        total = trips * (trips - 1) // 2  # sum of the iteration numbers
+        pair = [feeds["a0"], feeds["b0"]][::1 if trips % 2 == 0 else -1]
+        expected = [feeds["x"] * np.float32(total), np.array(5 + total), *pair]
+        for e, g in zip(expected, exe.run(feeds), strict=True):
+            np.testing.assert_allclose(g, e, rtol=1e-3)
+    scan = scan_graph(input_dirs=(1, 0), output_axes=(1, -1), output_dirs=(0, 1))
+    feeds = {"s0": np.array([1, -1], np.float32), "u": np.arange(8, dtype=np.float32).reshape(4, 2),
+             "v": np.ones((4, 2), np.float32)}
+    for e, g in zip(reference.run(scan, feeds), build(scan).run(feeds), strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-6)
+    branches = if_graph()
+    exe = build(branches)
+    for cond in (True, False):
+        feeds = {"cond": np.array(cond), "x": np.arange(3, dtype=np.float32),
+                 "y": np.array([2, -1, 5], np.float32)}
+        for e, g in zip(reference.run(branches, feeds), exe.run(feeds), strict=True):
+            np.testing.assert_allclose(g, e, rtol=1e-6)

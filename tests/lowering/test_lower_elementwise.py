@@ -14,8 +14,10 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from kiln.compiler import reference
+from kiln.compiler import build, reference
 from kiln.compiler.ir.builder import GraphBuilder
 from kiln.compiler.ir.graph import Graph
 from kiln.compiler.ir.op import Group, Op
@@ -78,6 +80,18 @@ def check_node(op: Op, inputs: Sequence[np.ndarray | None],
     graph, feeds = node_graph(op, inputs, attrs, consts)
     expected = reference.run(graph, feeds)
     actual = interpret_lowered(lower_graph(graph), feeds)
+    for got, want in zip(actual, expected, strict=True):
+        assert_matches(got, want, tolerance)
+
+
+def check_compiled(op: Op, inputs: Sequence[np.ndarray | None],
+                   attrs: Mapping[str, Any] | None = None, consts: Sequence[int] = (),
+                   tolerance: Mapping[np.dtype, tuple[float, float]] | None = None,
+                   threads: int = 2) -> None:
+    """Build one node to native code (``kiln.compiler.build``), compare with the reference."""
+    graph, feeds = node_graph(op, inputs, attrs, consts)
+    expected = reference.run(graph, feeds)
+    actual = build(graph, threads=threads).run(feeds)
     for got, want in zip(actual, expected, strict=True):
         assert_matches(got, want, tolerance)
 
@@ -401,3 +415,66 @@ def test_split_schedule_covers_the_tail() -> None:
     """A long axis split into chunks (one partial) computes every element once."""
     x = np.linspace(-3, 3, 40_000).astype(np.float32)
     check_node(Op.NEG, [x])
+
+
+# ---------------------------------------------------------------------------------------------
+# Through native code (kiln.compiler.build): shapes large enough for the parallel and split
+# schedules, and random broadcasting.
+
+WIDE_RANGE = np.concatenate([np.linspace(-30, 30, 40_000), np.linspace(-1e-3, 1e-3, 1001),
+                             [np.nan, np.inf, -np.inf, 0.0, -0.0, 88.0, -88.0, 1e-30, -1e-30]])
+
+
+@pytest.mark.parametrize("op", [Op.GELU, Op.ELU, Op.SELU, Op.CELU, Op.SOFTPLUS, Op.MISH,
+                                Op.SWISH, Op.HARD_SWISH, Op.EXP, Op.TANH, Op.SIGMOID, Op.ERF],
+                         ids=lambda op: op.value)
+def test_compiled_float_maps_over_a_wide_range(op: Op) -> None:
+    for dtype in (np.float32, np.float64, np.float16):
+        check_compiled(op, [WIDE_RANGE.astype(dtype)])
+
+
+def test_compiled_binary_ops_at_scale() -> None:
+    f32, f16 = np.dtype(np.float32), np.dtype(np.float16)
+    check_compiled(Op.ADD, [float_data(f32, (70, 600)), float_data(f32, (600,), 1)])
+    check_compiled(Op.MUL, [float_data(f16, (1, 50_001)), float_data(f16, (1,), 2)], threads=3)
+    a = int_data(np.dtype(np.int32), (300, 200), low=-1000, high=1000)
+    b = int_data(np.dtype(np.int32), (200,), seed=1, low=-5, high=5)
+    for op, attrs in ((Op.DIV, {}), (Op.MOD, {"fmod": 0}), (Op.MOD, {"fmod": 1})):
+        check_compiled(op, [a, b], attrs)
+    check_compiled(Op.POW, [np.abs(float_data(f32, (40, 1000), specials=False)),
+                            float_data(f32, (1000,), 3, specials=False)])
+    check_compiled(Op.WHERE, [a > 0, float_data(f32, (300, 1)), float_data(f32, (200,), 4)])
+    check_compiled(Op.CLIP, [float_data(f32, (300, 200)), np.array(-1.0, np.float32),
+                             np.array(2.0, np.float32)])
+    for target in (DType.F16, DType.BF16, DType.I32, DType.U8, DType.BOOL):
+        check_compiled(Op.CAST, [cast_source(DType.F32, target).repeat(2000, axis=0)],
+                       {"to": target})
+
+
+def dims(max_rank: int = 4) -> st.SearchStrategy[tuple[int, ...]]:
+    return st.lists(st.integers(1, 5), min_size=0, max_size=max_rank).map(tuple)
+
+
+@st.composite
+def broadcast_pair(draw: st.DrawFn) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Two shapes that broadcast: the second drops leading axes and sets some extents to 1."""
+    shape = draw(dims())
+    keep = draw(st.integers(0, len(shape)))
+    other = tuple(1 if draw(st.booleans()) else n for n in shape[len(shape) - keep:])
+    return (shape, other) if draw(st.booleans()) else (other, shape)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shapes=broadcast_pair(), op=st.sampled_from([Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.MAX,
+                                                   Op.POW, Op.GREATER, Op.PRELU]),
+       dtype=st.sampled_from([np.dtype(np.float32), np.dtype(np.float16)]),
+       seed=st.integers(0, 1000))
+def test_compiled_random_broadcasting(shapes: tuple[tuple[int, ...], tuple[int, ...]], op: Op,
+                                      dtype: np.dtype, seed: int) -> None:
+    a, b = shapes
+    if op is Op.PRELU and len(b) > len(a):
+        a, b = b, a  # PRelu broadcasts the slope to X only
+    x = float_data(dtype, a, seed, specials=False)
+    if op is Op.POW:
+        x = np.abs(x)
+    check_compiled(op, [x, float_data(dtype, b, seed + 1)])

@@ -190,3 +190,31 @@ def test_multinomial() -> None:
     again = draw(Op.MULTINOMIAL, {"seed": 4.0, "sample_size": 1000, "dtype": DType.I64},
                  {"l": logits})
     np.testing.assert_array_equal(out, again)
+
+
+# ---------------------------------------------------------------- compiled
+
+
+@pytest.mark.parametrize(("op", "inputs", "attrs", "feeds"), [
+    (Op.DET, ["x"], {}, {"x": RNG.standard_normal((64, 6, 6)).astype(np.float32)}),
+    (Op.DFT, ["x"], {"onesided": 1}, {"x": RNG.standard_normal((4, 64, 1)).astype(np.float32)}),
+    (Op.STFT, ["s", np.array(16, np.int64), np.hanning(64).astype(np.float32)], {},
+     {"s": RNG.standard_normal((2, 256, 1)).astype(np.float32)}),
+])
+def test_compiled(op: Op, inputs: list, attrs: dict, feeds: dict[str, np.ndarray]) -> None:
+    from kiln.compiler import build
+
+    graph = graph_of(op, inputs, attrs, feeds)
+    for e, g in zip(reference.run(graph, feeds), build(graph).run(feeds), strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
+
+
+def test_compiled_random_matches_the_interpreter() -> None:
+    from kiln.compiler import build
+
+    graph = graph_of(Op.RANDOM_NORMAL, [], {"shape": (300, 200), "seed": 5.0})
+    (out,) = build(graph).run({})
+    assert abs(out.mean()) < 0.02 and abs(out.std() - 1) < 0.02
+    small = graph_of(Op.RANDOM_UNIFORM, [], {"shape": (4, 5), "seed": 5.0})
+    np.testing.assert_array_equal(build(small).run({})[0],
+                                  interpret_lowered(lower_graph(small), {})[0])

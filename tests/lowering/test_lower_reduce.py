@@ -10,10 +10,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_lower_elementwise import (
     BF16,
     FLOATS,
+    check_compiled,
     check_node,
+    dims,
     float_data,
     int_data,
     lowered_loops,
@@ -245,3 +249,52 @@ def test_schedule_reduction_keeping_the_last_axis_vectorizes_rows() -> None:
     kinds = loop_kinds(kernel.body)
     assert kinds[0] is LoopKind.PARALLEL
     assert kinds.count(LoopKind.VECTORIZE) == 3  # init, accumulate, final (float16 scratch)
+
+
+# ---------------------------------------------------------------------------------------------
+# Through native code (kiln.compiler.build): parallel slices, row accumulation, random shapes.
+
+# Sequential float32 sums of up to thousands of terms vs numpy's pairwise ones.
+LONG_SUMS = {np.dtype(np.float32): (1e-4, 1e-5)}
+
+
+@pytest.mark.parametrize("op", SUM_LIKE + FLOAT_ONLY, ids=lambda op: op.value)
+def test_compiled_reductions_at_scale(op: Op) -> None:
+    for dtype in (np.dtype(np.float32), np.dtype(np.float16)):
+        data = reduce_input(op, dtype, (64, 32, 40))
+        if op is Op.REDUCE_PROD:
+            data = (1 + data / 100).astype(dtype)
+        for axes in ([2], [0], [1], [0, 2], None):
+            inputs = [data] if axes is None else [data, np.array(axes)]
+            check_compiled(op, inputs, {"keepdims": 0},
+                           consts=[1], tolerance=LONG_SUMS)
+
+
+@pytest.mark.parametrize("op", [Op.SOFTMAX, Op.LOG_SOFTMAX, Op.HARDMAX, Op.ARGMAX, Op.ARGMIN,
+                                Op.LP_NORMALIZATION], ids=lambda op: op.value)
+def test_compiled_along_axis_at_scale(op: Op) -> None:
+    data = float_data(np.dtype(np.float32), (128, 300), specials=False)
+    for axis in (0, 1):
+        check_compiled(op, [data], {"axis": axis}, tolerance=LONG_SUMS, threads=3)
+
+
+def test_compiled_scans_at_scale() -> None:
+    data = float_data(np.dtype(np.float32), (64, 700), specials=False)
+    for op in (Op.CUMSUM, Op.CUMPROD):
+        for axis in (0, 1):
+            check_compiled(op, [1 + data / 1000 if op is Op.CUMPROD else data,
+                                np.array([axis])], {"reverse": 1}, consts=[1],
+                           tolerance=LONG_SUMS)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=dims(), op=st.sampled_from([Op.REDUCE_SUM, Op.REDUCE_MAX, Op.REDUCE_MEAN,
+                                         Op.REDUCE_L2, Op.REDUCE_LOG_SUM_EXP]),
+       keepdims=st.integers(0, 1), data=st.data())
+def test_compiled_random_reductions(shape: tuple[int, ...], op: Op, keepdims: int,
+                                    data: st.DataObject) -> None:
+    axes = data.draw(st.lists(st.integers(-len(shape), len(shape) - 1), unique_by=lambda a:
+                              a % len(shape), max_size=len(shape)) if shape else st.just([]))
+    dtype = data.draw(st.sampled_from([np.dtype(np.float32), np.dtype(np.float16)]))
+    x = float_data(dtype, shape, specials=False)
+    check_compiled(op, [x, np.array(axes, np.int64)], {"keepdims": keepdims}, consts=[1])

@@ -151,3 +151,26 @@ def test_sequence_length_out_of_range_is_reported() -> None:
     feeds = {n: d for n, d in zip(NAMES[Op.RNN], inputs, strict=False) if d is not None}
     with pytest.raises(KilnError, match=r"rnn 'rec': sequence_lens has a value out of range"):
         interpret_lowered(lower_graph(graph), feeds)
+
+
+@pytest.mark.parametrize(("op", "attrs", "shape"), [
+    (Op.LSTM, {"direction": "bidirectional"},
+     {"seq": 6, "batch": 4, "input_size": 8, "hidden": 16, "dirs": 2, "lengths": [6, 1, 0, 4],
+      "initial": True, "peepholes": True}),
+    # batch x gates x hidden^2 large enough for parallel loops inside the step loop
+    (Op.GRU, {"layout": 1}, {"seq": 3, "batch": 64, "input_size": 8, "hidden": 32,
+                             "layout": 1}),
+    (Op.RNN, {"direction": "reverse", "clip": 1.0}, {"seq": 5, "batch": 3, "hidden": 7}),
+])
+def test_compiled(op: Op, attrs: dict, shape: dict) -> None:
+    from kiln.compiler import build
+
+    inputs = make_inputs(op, 9, **shape)
+    b = GraphBuilder()
+    values = [None if d is None else b.add_input(n, TensorType.of(d))
+              for n, d in zip(NAMES[op], inputs, strict=False)]
+    graph = b.finish([v for v in b.add(op, values, attrs, outputs=3 if op is Op.LSTM else 2)
+                      if v is not None])
+    feeds = {n: d for n, d in zip(NAMES[op], inputs, strict=False) if d is not None}
+    for e, g in zip(reference.run(graph, feeds), build(graph).run(feeds), strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)

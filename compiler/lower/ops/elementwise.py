@@ -18,7 +18,7 @@ from typing import Any
 
 from ...ir.op import Op
 from ...ir.types import DType
-from ..kernel_ir import Binary, Cast, Compare, Expr, Kernel, Stmt, Unary, select
+from ..kernel_ir import Binary, Compare, Expr, Kernel, Stmt, Unary, select
 from ..registry import LowerContext, lowering
 from .common import broadcast_index
 from .elementwise_scalar import (
@@ -52,6 +52,7 @@ class Scalar:
 
 
 def own(dtype: DType) -> DType:
+    """Exact ops compute in the operand's own type."""
     return dtype
 
 
@@ -233,6 +234,6 @@ def lower_elementwise(ctx: LowerContext) -> list[Kernel]:
             for b in operands
         ]
         value = spec.build(values, ctx.attrs)
-        return out.store(index, value if value.dtype == out.dtype else Cast(value, out.dtype))
+        return out.store(index, value.cast(out.dtype))
 
     return [ctx.kernel(loop_over(out.shape, body, "i", out.numel, vectorize=True))]

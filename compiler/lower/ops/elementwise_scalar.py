@@ -168,7 +168,7 @@ def floor_mod(a: Expr, b: Expr) -> Expr:
     floats a zero result takes b's sign and x mod 0 is NaN, as numpy's divmod gives."""
     if a.dtype.is_float:
         remainder: Expr = Binary("rem", a, b)
-        signed_zero = select(b < 0, const(-0.0, a.dtype), 0.0)
+        signed_zero: Expr = select(b < 0, const(-0.0, a.dtype), 0.0)
     else:
         remainder = int_rem(a, b)
         signed_zero = const(0, a.dtype)
