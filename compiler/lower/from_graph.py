@@ -8,7 +8,7 @@ kernel-IR interpreter: the backend-independent check of the lowerings in tests.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -19,6 +19,12 @@ from ..ir.schema import op_def
 from .interpret import run_kernel
 from .kernel_ir import Buffer, Kernel
 from .registry import LowerContext, LoweringError, lowering_for
+
+# Constants of at most this many elements are copied into the control-flow bodies that read
+# them: a body is re-typed for its node as a graph of its own (ops/control_inline.py), where an
+# enclosing value would otherwise be an opaque input and its shape operands (Unsqueeze axes,
+# Reshape shape...) would give dynamic shapes. Larger ones (weights) stay values the body reads.
+BODY_CONSTANT_ELEMENTS = 64
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ def lower_graph(graph: Graph) -> LoweredGraph:
     """Lower every node of a static graph; raises naming the first node that cannot be."""
     buffers: dict[str, Buffer] = {v.name: buffer_of(v) for v in graph.inputs}
     constants: dict[str, np.ndarray] = {}
+    constant_nodes: dict[str, Node] = {}
     steps: list[LoweredNode] = []
     for index, node in enumerate(graph.nodes):
         if node.op is Op.CONSTANT:
@@ -56,7 +63,9 @@ def lower_graph(graph: Graph) -> LoweredGraph:
             assert out is not None
             buffers[out.name] = buffer_of(out)
             constants[out.name] = np.asarray(node.attrs["value"], order="C")
+            constant_nodes[out.name] = node
             continue
+        node = _with_body_constants(node, constant_nodes)
         for value in node.outputs:
             if value is not None and not value.type.is_static:
                 raise LoweringError(
@@ -87,6 +96,26 @@ def lower_graph(graph: Graph) -> LoweredGraph:
         buffers,
         tuple(steps),
     )
+
+
+def _with_body_constants(node: Node, constant_nodes: Mapping[str, Node]) -> Node:
+    """``node`` with the small constants of the enclosing graph that its bodies read copied
+    into those bodies (see ``BODY_CONSTANT_ELEMENTS``); value names stay the same."""
+    if not any(True for _ in node.subgraphs()):
+        return node
+
+    def embed(body: Graph) -> Graph:
+        read = {v.name for inner in body.walk() for v in inner.inputs if v is not None}
+        read.update(v.name for v in body.outputs)
+        copies = tuple(
+            found for name, found in constant_nodes.items()
+            if name in read and found.attrs["value"].size <= BODY_CONSTANT_ELEMENTS
+        )
+        return replace(body, nodes=copies + body.nodes) if copies else body
+
+    attrs = {key: embed(value) if isinstance(value, Graph) else value
+             for key, value in node.attrs.items()}
+    return replace(node, attrs=attrs)
 
 
 def interpret_lowered(lowered: LoweredGraph, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
