@@ -63,7 +63,8 @@ def lower_graph(graph: Graph) -> LoweredGraph:
             assert out is not None
             buffers[out.name] = buffer_of(out)
             constants[out.name] = np.asarray(node.attrs["value"], order="C")
-            constant_nodes[out.name] = node
+            if constants[out.name].size <= BODY_CONSTANT_ELEMENTS:
+                constant_nodes[out.name] = node
             continue
         node = _with_body_constants(node, constant_nodes)
         for value in node.outputs:
@@ -99,18 +100,15 @@ def lower_graph(graph: Graph) -> LoweredGraph:
 
 
 def _with_body_constants(node: Node, constant_nodes: Mapping[str, Node]) -> Node:
-    """``node`` with the small constants of the enclosing graph that its bodies read copied
-    into those bodies (see ``BODY_CONSTANT_ELEMENTS``); value names stay the same."""
+    """``node`` with the constant nodes of ``constant_nodes`` that its bodies read copied
+    into those bodies; value names stay the same."""
     if not any(True for _ in node.subgraphs()):
         return node
 
     def embed(body: Graph) -> Graph:
         read = {v.name for inner in body.walk() for v in inner.inputs if v is not None}
         read.update(v.name for v in body.outputs)
-        copies = tuple(
-            found for name, found in constant_nodes.items()
-            if name in read and found.attrs["value"].size <= BODY_CONSTANT_ELEMENTS
-        )
+        copies = tuple(found for name, found in constant_nodes.items() if name in read)
         return replace(body, nodes=copies + body.nodes) if copies else body
 
     attrs = {key: embed(value) if isinstance(value, Graph) else value

@@ -112,13 +112,13 @@ def _binary(op: str, a: np.generic, b: np.generic, dtype: DType) -> object:
     if op == "div":
         if integral:
             if b == 0:
-                raise ExecutionError("integer division by zero")
+                return 0
             q = abs(int(a)) // abs(int(b))
-            return q if (int(a) < 0) == (int(b) < 0) else -q
+            return scalar(q if (int(a) < 0) == (int(b) < 0) else -q, dtype)
         return np.float64(a) / np.float64(b)
     if op == "rem":
         if integral and b == 0:
-            raise ExecutionError("integer remainder by zero")
+            return 0
         return np.fmod(a, b)
     if op in ("min", "max"):
         return np.minimum(a, b) if op == "min" else np.maximum(a, b)

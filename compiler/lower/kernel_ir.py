@@ -12,7 +12,8 @@ NVPTX (GPU) emitters read them. Everything is an immutable dataclass.
   locals (accumulators), ``Report`` of a run-time failure in the data.
 
 Semantics of the operators (what every backend must implement):
-- ``div`` on floats is IEEE division; on integers it truncates toward zero (C, and ONNX Div).
+- ``div`` on floats is IEEE division; on integers it truncates toward zero (C, and ONNX Div);
+  integer division or remainder by zero gives 0, and ``INT_MIN / -1`` wraps (never a trap).
 - ``rem`` is C's remainder (sign of the dividend): ``fmod`` for floats, ``srem``/``urem`` ints.
 - ``min``/``max`` on floats propagate NaN (ONNX Min/Max), unlike C's fmin/fmax.
 - ``shl``/``shr``: logical shifts for unsigned, arithmetic right shift for signed; a shift
@@ -89,7 +90,7 @@ class Buffer:
             raise ValueError(f"buffer {self.name} has rank {len(self.shape)}, got {len(indices)}")
         return Load(self, tuple(as_index(i) for i in indices))
 
-    def store(self, indices: tuple[ExprLike, ...] | list[ExprLike], value: ExprLike) -> Store:
+    def store(self, indices: Sequence[ExprLike], value: ExprLike) -> Store:
         if len(indices) != len(self.shape):
             raise ValueError(f"buffer {self.name} has rank {len(self.shape)}, got {len(indices)}")
         return Store(self, tuple(as_index(i) for i in indices), as_expr(value, self.dtype))

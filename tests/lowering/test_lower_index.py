@@ -11,11 +11,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_lower_movement import check_node, data, i64, node_graph
+from test_lower_movement import check_compiled, check_node, data, i64, node_graph
 
+from kiln.compiler import build
 from kiln.compiler.errors import KilnError
 from kiln.compiler.ir.op import Op
 from kiln.compiler.lower.from_graph import interpret_lowered, lower_graph
+from kiln.runtime import KilnRuntimeError
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
@@ -207,3 +209,39 @@ def test_data_dependent_ops_fail_clearly(op: Op) -> None:
         graph, _ = node_graph(op, [boxes, scores, i64(1)], None, consts=[0, 1, 2])
     with pytest.raises(KilnError, match="depends? on input values"):
         lower_graph(graph)
+
+
+# ------------------------------------------------------------------------- compiled path
+
+def test_compiled_gathers_and_scatters() -> None:
+    table = data(500, 130)
+    check_compiled(Op.GATHER, [table, indices(500, 40, 9)], {"axis": 0})
+    check_compiled(Op.GATHER, [data(30, 400, 6), indices(400, 50, dtype=np.int32)],
+                   {"axis": 1})
+    check_compiled(Op.GATHER_ELEMENTS, [data(60, 700), indices(60, 50, 700)], {"axis": 0})
+    check_compiled(Op.GATHER_ND, [data(4, 50, 60, 30), np.stack(
+        [indices(50, 4, 70), indices(60, 4, 70)], axis=-1)], {"batch_dims": 1})
+    check_compiled(Op.SCATTER_ELEMENTS, [data(50, 700), indices(700, 50, 600), data(50, 600)],
+                   {"axis": 1, "reduction": "add"})
+    check_compiled(Op.SCATTER_ND, [data(40, 30, 50), indices(40, 100, 1), data(100, 30, 50)],
+                   {"reduction": "max"})
+    check_compiled(Op.TENSOR_SCATTER, [data(3, 400, 64), data(3, 100, 64), i64(350, 0, 7)],
+                   {"axis": 1, "mode": "circular"})
+
+
+def test_compiled_one_hot_topk() -> None:
+    check_compiled(Op.ONE_HOT, [indices(300, 40, 50), np.array(300, np.int64),
+                                np.array([0, 1], np.float32)], {"axis": 1}, consts=[1])
+    x = RNG.integers(0, 50, (200, 300)).astype(np.float32)
+    check_compiled(Op.TOPK, [x, i64(7)], {"axis": 1}, consts=[1], outputs=2)
+    check_compiled(Op.TOPK, [x, i64(20)], {"axis": 0, "largest": 0}, consts=[1], outputs=2)
+
+
+def test_compiled_out_of_range_index_fails_the_run() -> None:
+    graph, feeds = node_graph(Op.GATHER, [data(64, 700), i64(3, 64, 1)], {"axis": 0})
+    executable = build(graph, threads=2)
+    with pytest.raises(KilnRuntimeError, match=r"index is out of range \[-64, 64\)"):
+        executable.run(feeds)
+    # The instance stays usable after a reported failure.
+    good = {**feeds, "in1": i64(3, -64, 1)}
+    np.testing.assert_array_equal(executable.run(good)[0], feeds["in0"][[3, 0, 1]])

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kiln.compiler import reference
+from kiln.compiler import build, reference
 from kiln.compiler.errors import KilnError
 from kiln.compiler.ir.builder import GraphBuilder
 from kiln.compiler.ir.graph import Graph
@@ -79,6 +79,19 @@ def check_node(op: Op, inputs: Sequence[np.ndarray | None],
     return actual
 
 
+def check_compiled(op: Op, inputs: Sequence[np.ndarray | None],
+                   attrs: Mapping[str, Any] | None = None, consts: Sequence[int] = (),
+                   outputs: int = 1, threads: int = 2) -> None:
+    """Build one node with the whole pipeline (codegen, plan, runtime) and compare with the
+    reference executor: for shapes too big for the interpreter (parallel loops)."""
+    graph, feeds = node_graph(op, inputs, attrs, consts, outputs)
+    expected = reference.run(graph, feeds)
+    actual = build(graph, threads=threads).run(feeds)
+    assert len(actual) == len(expected)
+    for got, want in zip(actual, expected, strict=True):
+        assert_matches(np.asarray(got), np.asarray(want))
+
+
 def data(*shape: int, dtype: Any = np.float32) -> np.ndarray:
     if np.dtype(dtype) == np.bool_:
         return RNG.random(shape) < 0.5
@@ -107,6 +120,45 @@ def loops_of(stmt: Stmt) -> list[Loop]:
 
     walk(stmt)
     return found
+
+
+# ------------------------------------------------------------------------- compiled path
+
+COMPILED_CASES: list[tuple[str, Op, list[np.ndarray | None], dict[str, Any] | None,
+                           list[int], int]] = [
+    ("reshape", Op.RESHAPE, [data(8, 60, 70), i64(48, 10, 7, 10)], None, [1], 1),
+    ("reshape_decomposed", Op.RESHAPE, [data(6, 35, 200), i64(35, 6, 200)], None, [1], 1),
+    ("transpose", Op.TRANSPOSE, [data(16, 40, 70)], {"perm": (2, 0, 1)}, [], 1),
+    ("concat", Op.CONCAT, [data(4, 90, 50), data(4, 10, 50)], {"axis": 1}, [], 1),
+    ("split", Op.SPLIT, [data(40, 30, 50), i64(7, 23)], {"axis": 1}, [1], 2),
+    ("slice", Op.SLICE, [data(60, 80, 20), i64(-1, 3), i64(-1000, 77), i64(0, 1),
+                         i64(-2, 3)], None, [1, 2, 3, 4], 1),
+    ("expand", Op.EXPAND, [data(30, 1, 60), i64(4, 30, 40, 60)], None, [1], 1),
+    ("tile", Op.TILE, [data(20, 30, 31), i64(2, 1, 3)], None, [1], 1),
+    ("pad_reflect", Op.PAD, [data(8, 60, 70), i64(0, 3, -2, 0, 5, 4)], {"mode": "reflect"},
+     [1], 1),
+    ("pad_constant", Op.PAD, [data(8, 60, 70), i64(1, 3, 2, 0, -5, 4), np.array(
+        1.5, np.float32)], None, [1], 1),
+    ("pad_wrap", Op.PAD, [data(8, 60, 70, dtype=np.int8), i64(0, 70, 2, 0, 5, 90)],
+     {"mode": "wrap"}, [1], 1),
+    ("depth_to_space", Op.DEPTH_TO_SPACE, [data(2, 36, 30, 40)],
+     {"blocksize": 3, "mode": "CRD"}, [], 1),
+    ("space_to_depth", Op.SPACE_TO_DEPTH, [data(2, 8, 60, 40)], {"blocksize": 2}, [], 1),
+    ("trilu", Op.TRILU, [data(4, 90, 100), np.array(-3, np.int64)], {"upper": 0}, [], 1),
+    ("resize_cubic", Op.RESIZE, [data(2, 3, 50, 60), None, np.array(
+        [1, 1, 1.7, 0.45], np.float32)], {"mode": "cubic", "antialias": 1}, [1, 2], 1),
+    ("resize_nearest_u8", Op.RESIZE, [data(2, 3, 50, 60, dtype=np.uint8), None, None,
+                                      i64(2, 3, 100, 90)], {"mode": "nearest"}, [1, 3], 1),
+    ("bit_cast", Op.BIT_CAST, [data(300, 200)], {"to": DType.I32}, [], 1),
+]
+
+
+@pytest.mark.parametrize(("op", "inputs", "attrs", "consts", "outputs"),
+                         [case[1:] for case in COMPILED_CASES],
+                         ids=[case[0] for case in COMPILED_CASES])
+def test_compiled(op: Op, inputs: list[np.ndarray | None], attrs: dict[str, Any] | None,
+                  consts: list[int], outputs: int) -> None:
+    check_compiled(op, inputs, attrs, consts, outputs)
 
 
 # ------------------------------------------------------------------------ reshape family

@@ -204,7 +204,7 @@ def test_scan(op: Op, flags: dict[str, int]) -> None:
     for axis in (0, 1, -1):
         for dtype in (np.float32, np.float16, np.float64, BF16):
             data = float_data(np.dtype(dtype), (3, 4, 5), specials=False) / 3
-            check_node(op, [data, np.array([axis], np.int64)], flags, consts=[1])
+            check_node(op, [data, np.array(axis, np.int64)], flags, consts=[1])
         for dtype in (np.int32, np.int64, np.uint64):
             data = int_data(np.dtype(dtype), (3, 4, 5), low=1, high=9)
             check_node(op, [data, np.array([axis], np.int32)], flags, consts=[1])

@@ -137,7 +137,9 @@ def lower_attention(ctx: LowerContext) -> list[Kernel]:
     def body(o: list[Expr]) -> Stmt:
         b, h, i = o
         kv_head = h if group == 1 else h // group
-        peak, sum_ = Var("peak", precision), Var("sum", precision)
+        # numpy sums f16 in f32 and rounds once; other types (bf16 too) sum in their own type.
+        peak = Var("peak", precision)
+        sum_ = Var("sum", DType.F32 if precision is DType.F16 else precision)
         bias_peak = Var("bias_peak", dtype)
         dot, score, bias = Var("dot", acc), Var("score", dtype), Var("bias", dtype)
         t = Var("t")
@@ -168,10 +170,10 @@ def lower_attention(ctx: LowerContext) -> list[Kernel]:
         )
         e = Var("e", precision)
         exp_pass = block(Declare(e, Unary("exp", row.load(b, h, i, t) - peak)),
-                         row.store([b, h, i, t], e), add_to(sum_, e))
-        prob = Var("prob", precision)
+                         row.store([b, h, i, t], e), add_to(sum_, e.cast(sum_.dtype)))
+        prob, total_sum = Var("prob", precision), Var("total_sum", precision)
         masked_row = bias_peak.eq(NEG_INF)
-        divisor = select(sum_.eq(0.0), const(1.0, precision), sum_)
+        divisor = select(total_sum.eq(0.0), const(1.0, precision), total_sum)
         norm_pass = block(
             Declare(prob, select(masked_row, const(0, precision),
                                  row.load(b, h, i, t) / divisor)),
@@ -193,7 +195,8 @@ def lower_attention(ctx: LowerContext) -> list[Kernel]:
             Declare(peak, const(NEG_INF, precision)), Declare(bias_peak, const(NEG_INF, dtype)),
             Loop(t, idx(total), scores_pass),
             If(peak.eq(NEG_INF), Assign(peak, const(0, precision))),
-            Declare(sum_, const(0, precision)), Loop(t, idx(total), exp_pass),
+            Declare(sum_, const(0, sum_.dtype)), Loop(t, idx(total), exp_pass),
+            Declare(total_sum, sum_.cast(precision)),
             Loop(t, idx(total), norm_pass),
             nest([v.size], values, "e"),
         )
