@@ -2,7 +2,8 @@
 gathers and scatters (negative indices, every reduction, duplicate indices in order), OneHot,
 TopK (ties, NaN, both directions), TensorScatter, the static-shape selections (Compress with a
 constant condition, NonZero of a constant), the run-time ``Report`` of out-of-range indices
-(and that the guarded kernel stays in bounds), and the errors for what cannot be lowered.
+(and that the guarded kernel stays in bounds), and the errors for what cannot be lowered;
+bigger shapes and the run-time failure of an out-of-range index through ``build(graph).run``.
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 reference executor: every op and attribute combination on small shapes (Reshape's refinement
 and decomposition paths, Slice with negative steps, every Pad mode with growing and cropping
 widths, every Resize mode and coordinate mapping, every BitCast pair), the loop schedule, and
-the errors for what cannot be lowered.
+the errors for what cannot be lowered; then bigger shapes (parallel loops) through the whole
+compiled pipeline, ``build(graph).run``.
 
-``check_node`` (one node lowered and interpreted vs the reference) is shared with
-test_lower_index.py.
+``check_node`` (one node lowered and interpreted vs the reference) and ``check_compiled`` (one
+node built and run) are shared with test_lower_index.py.
 """
 
 from __future__ import annotations
@@ -460,11 +461,13 @@ def test_size_constant_of_shape_eye_like() -> None:
         check_node(Op.EYE_LIKE, [data(3, 4)], attrs)
 
 
+@pytest.mark.parametrize("shape", [(), (1,)])
 @pytest.mark.parametrize(("start", "limit", "delta"), [
     (1, 10, 3), (10, -4, -3), (0.5, 2.0, 0.25), (-1.0, 1.0, 0.3)])
-def test_range_with_run_time_scalars(start: float, limit: float, delta: float) -> None:
+def test_range_with_run_time_scalars(start: float, limit: float, delta: float,
+                                     shape: tuple[int, ...]) -> None:
     dtype = np.int32 if isinstance(start, int) else np.float32
-    inputs = [np.array([v], dtype) for v in (start, limit, delta)]
+    inputs = [np.full(shape, v, dtype) for v in (start, limit, delta)]
     # Constant inputs (not folded) give the static extent; start and delta are read at run
     # time by the kernel.
     check_node(Op.RANGE, inputs, consts=[0, 1, 2])

@@ -172,12 +172,14 @@ def lower_causal_conv(ctx: LowerContext) -> list[Kernel]:
     acc_type = acc_dtype(x.dtype)
     silu = ctx.attr("activation") in ("silu", "swish")
 
-    def padded(n: Expr, c: Expr, p: Expr, then: Callable[[Expr], Stmt]) -> Stmt:
-        """then(padded[n, c, p]): the past state below k - 1, x from there on."""
+    def padded(n: Expr, c: Expr, p: Expr, then: Callable[[Expr], Stmt],
+               zeros: bool = False) -> Stmt:
+        """then(padded[n, c, p]): the past state below k - 1, x from there on. Without a past
+        state those positions are zeros: skipped (a sum needs no zero terms) unless ``zeros``."""
         current = then(x.load(n, c, p - (k - 1)).cast(acc_type))
-        if past is None:
-            return If(p >= k - 1, current)
-        return If(p >= k - 1, current, then(past.load(n, c, p).cast(acc_type)))
+        if past is not None:
+            return If(p >= k - 1, current, then(past.load(n, c, p).cast(acc_type)))
+        return If(p >= k - 1, current, then(const(0, acc_type)) if zeros else None)
 
     def body(v: list[Expr]) -> Stmt:
         n, c, t = v
@@ -203,8 +205,10 @@ def lower_causal_conv(ctx: LowerContext) -> list[Kernel]:
     if state is not None and k > 1:
         def copy(v: list[Expr]) -> Stmt:
             n, c, j = v
+            # A short input leaves part of the zero padding in the new state.
             return padded(n, c, j + steps,
-                          lambda value: state.store([n, c, j], value.cast(state.dtype)))
+                          lambda value: state.store([n, c, j], value.cast(state.dtype)),
+                          zeros=True)
 
         kernels.append(ctx.kernel(nest(list(state.shape), copy, "s"), outputs=[state]))
     return kernels
