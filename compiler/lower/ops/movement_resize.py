@@ -21,7 +21,7 @@ from ...ir.op import Op
 from ...ir.rules.movement import resize_extents
 from ...ir.shapes import normalize_axes
 from ...ir.types import DType
-from ...reference.kernels.movement import _resize_axis, _source_coords
+from ...reference.kernels.movement import resize_axis, source_coords
 from ..kernel_ir import (
     Assign,
     Buffer,
@@ -61,10 +61,10 @@ class _AxisTable:
 
 def _axis_table(attrs: _Attrs, in_n: int, out_n: int, scale: float,
                 roi: tuple[float, float]) -> _AxisTable:
-    matrix = _resize_axis(attrs, np.eye(in_n), 0, out_n, scale, roi)  # type: ignore[arg-type]
+    matrix = resize_axis(attrs, np.eye(in_n), 0, out_n, scale, roi)  # type: ignore[arg-type]
     outside = np.zeros(out_n, dtype=bool)
     if attrs.attr("coordinate_transformation_mode") == "tf_crop_and_resize":
-        x = _source_coords("tf_crop_and_resize", out_n, in_n, scale, roi)
+        x = source_coords("tf_crop_and_resize", out_n, in_n, scale, roi)
         outside = (x < 0) | (x > in_n - 1)
         matrix[outside] = 0.0
     n = max(1, int((matrix != 0).sum(axis=1).max(initial=0)))

@@ -1,5 +1,4 @@
-"""Lowerings of Dropout (inference form), AffineGrid and the NLL / softmax cross-entropy
-losses."""
+"""Lowerings of Dropout, AffineGrid and the NLL / softmax cross-entropy losses."""
 
 from __future__ import annotations
 
@@ -24,11 +23,10 @@ from ..kernel_ir import (
     select,
 )
 from ..registry import LowerContext, lowering
+from .misc_random import seed_key, uniform
 from .nn_common import acc_dtype, add_to, all_of, const, idx, nest
 from .nn_conv import scalar
-
-DROPOUT_TRAINING = ("Dropout in training mode draws random numbers, which compiled models do "
-                    "not support; run it in inference mode (training_mode false or ratio 0)")
+from .rnn import flat_loop
 
 
 def _training(ctx: LowerContext) -> Expr | bool:
@@ -49,24 +47,50 @@ def _training(ctx: LowerContext) -> Expr | bool:
 
 @lowering(Op.DROPOUT)
 def lower_dropout(ctx: LowerContext) -> list[Kernel]:
-    """Identity with an all-true mask; training mode with a nonzero ratio is rejected (at build
-    time when both are constants, else reported at run time)."""
+    """Identity with an all-true mask, unless in training mode with a nonzero ratio (known at
+    build time or tested at run time): then ``mask = uniform >= ratio`` and
+    ``out = x * mask / (1 - ratio)``. The uniforms come from the counter-based generator of
+    misc_random.py keyed by ``seed`` (seed 0 without one): same distribution as the
+    reference's numpy draws, not the same values."""
     x, out = ctx.input(0), ctx.output(0)
     mask = ctx.outputs[1] if len(ctx.outputs) > 1 else None
     active = _training(ctx)
-    if active is True:
-        raise ctx.fail(DROPOUT_TRAINING)
+    if active is False:
+        def copy(i: list[Expr]) -> Stmt:
+            stores = [out.store(i, x.load(*i))]
+            if mask is not None:
+                stores.append(mask.store(i, const(True, DType.BOOL)))
+            return block(stores)
+
+        return [ctx.kernel(nest(list(x.shape), copy, "o", work=x.numel, vectorize_inner=True),
+                           inputs=[x])]
+
+    known = ctx.const(1)
+    if not ctx.has_input(1) or known is not None:
+        rate: Expr = const(0.5 if known is None else float(known.flat[0]), DType.F64)
+    else:
+        rate = scalar(ctx.input(1)).cast(DType.F64)
+    # The reference divides by 1 - ratio computed in f64, then rounded to x's type.
+    divisor = (const(1.0, DType.F64) - rate).cast(x.dtype)
+    key = seed_key(ctx.attr("seed"))
+    flat, keep = Var("drop_e"), Var("drop_keep", DType.BOOL)
 
     def body(i: list[Expr]) -> Stmt:
-        stores = [out.store(i, x.load(*i))]
+        stmts: list[Stmt] = []
+        u = uniform(stmts, "drop_u", key, flat)
+        stmts.append(Declare(keep, u >= rate))
+        # x * keep as the reference computes it (a dropped inf gives NaN, a negative -0).
+        value: Expr = x.load(*i) * keep.cast(x.dtype) / divisor
+        kept: Expr = keep
+        if isinstance(active, Expr):  # run-time inference mode: the identity
+            value = select(active, value, x.load(*i))
+            kept = Binary("or", kept, Unary("not", active))
+        stmts.append(out.store(i, value))
         if mask is not None:
-            stores.append(mask.store(i, const(True, DType.BOOL)))
-        return block(stores)
+            stmts.append(mask.store(i, kept))
+        return block(stmts)
 
-    copy = nest(list(x.shape), body, "o", work=x.numel, vectorize_inner=True)
-    if isinstance(active, Expr):
-        return [ctx.kernel(block(If(active, Report(DROPOUT_TRAINING)), copy))]
-    return [ctx.kernel(copy, inputs=[x])]
+    return [ctx.kernel(flat_loop(flat.name, x.shape, body, 16))]
 
 
 def _nll(

@@ -242,7 +242,7 @@ def _triangle(t: np.ndarray) -> np.ndarray:
     return np.clip(1 - np.abs(t), 0, 1)
 
 
-def _source_coords(mode: str, out_n: int, in_n: int, scale: float,
+def source_coords(mode: str, out_n: int, in_n: int, scale: float,
                    roi: tuple[float, float]) -> np.ndarray:
     """Output positions mapped into input coordinates (ONNX coordinate_transformation_mode)."""
     y = np.arange(out_n, dtype=np.float64)
@@ -274,12 +274,12 @@ def _nearest_index(x: np.ndarray, mode: str) -> np.ndarray:
     return np.floor(x) if mode == "floor" else np.ceil(x)
 
 
-def _resize_axis(ctx: KernelContext, data: np.ndarray, axis: int, out_n: int, scale: float,
+def resize_axis(ctx: KernelContext, data: np.ndarray, axis: int, out_n: int, scale: float,
                  roi: tuple[float, float]) -> np.ndarray:
     in_n = data.shape[axis]
     mode = ctx.attr("mode")
     coord_mode = ctx.attr("coordinate_transformation_mode")
-    x = _source_coords(coord_mode, out_n, in_n, scale, roi)
+    x = source_coords(coord_mode, out_n, in_n, scale, roi)
     if mode == "nearest":
         taps = _nearest_index(x, ctx.attr("nearest_mode"))[:, None].astype(np.int64)
         weights = np.ones(taps.shape)
@@ -326,7 +326,7 @@ def _resize(ctx: KernelContext, x: np.ndarray, roi: np.ndarray | None = None,
     for axis in axes:
         if out[axis] == x.shape[axis] and factors[axis] == 1.0 and bounds[axis] == (0.0, 1.0):
             continue
-        result = _resize_axis(ctx, result, axis, out[axis], factors[axis], bounds[axis])
+        result = resize_axis(ctx, result, axis, out[axis], factors[axis], bounds[axis])
     dtype = ctx.out_dtype(0)
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
