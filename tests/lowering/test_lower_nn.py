@@ -407,15 +407,6 @@ def test_dropout_inference() -> None:
     check(Op.DROPOUT, [x, np.float32(0.5), np.array(False)])
 
 
-def test_dropout_training_errors() -> None:
-    x = rand(2, 3)
-    lowering_error(Op.DROPOUT, [x, Const(np.float32(0.3)), Const(np.array(True))],
-                   match="training mode")
-    graph, feeds = graph_of(Op.DROPOUT, [x, np.float32(0.3), np.array(True)])
-    with pytest.raises(KilnError, match="training mode"):
-        interpret_lowered(lower_graph(graph), feeds)
-
-
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
 @pytest.mark.parametrize("ignore", [None, 1])
 def test_losses(reduction: str, ignore: int | None) -> None:
