@@ -10,12 +10,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from kiln.compiler.ir.builder import GraphBuilder
 from kiln.compiler.ir.graph import Graph
 from kiln.compiler.ir.parser import parse_graph
 from kiln.compiler.ir.printer import print_graph
 from kiln.compiler.ir.verify import verify
+
+# Property tests are deterministic (the same examples every run, in CI and locally); explore with
+# new examples by passing --hypothesis-profile=default.
+settings.register_profile("kiln", derandomize=True, deadline=None)
+settings.load_profile("kiln")
 
 # Printing every weight as decimal text is slow; above this many constant elements the full
 # form is skipped and only the elided form is round-tripped.

@@ -236,13 +236,13 @@ class FunctionEmitter(ExprEmitter):
             return self.module.add_metadata([ir.MetaDataString(self.module, name), *values])
 
         if node.kind is LoopKind.VECTORIZE:
-            if not vectorizable(node.body):
-                # forcing it would only make LLVM warn; its cost model still decides
+            # Without a width LLVM's loop vectorizer (on at -O2) decides by its cost model; an
+            # explicit width from a schedule is forced, where LLVM can honour it (forcing a loop
+            # it cannot vectorize only makes it print a remark).
+            if node.vector_width <= 0 or not vectorizable(node.body):
                 return []
-            properties = [prop("llvm.loop.vectorize.enable", I1(1))]
-            if node.vector_width > 0:
-                properties.append(prop("llvm.loop.vectorize.width", I32(node.vector_width)))
-            return properties
+            return [prop("llvm.loop.vectorize.enable", I1(1)),
+                    prop("llvm.loop.vectorize.width", I32(node.vector_width))]
         if node.kind is LoopKind.UNROLL:
             extent = _constant_extent(node.extent)
             if extent is not None and extent <= _FULL_UNROLL_LIMIT:
