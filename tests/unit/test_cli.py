@@ -237,3 +237,39 @@ def test_readme_examples_match(capsys: pytest.CaptureFixture[str],
             assert got.split("sum=")[0] == want.split("sum=")[0]
             got_sum, want_sum = (float(s.split("sum=")[1].split()[0]) for s in (got, want))
             assert got_sum == pytest.approx(want_sum, rel=1e-6)
+
+
+def test_compile_then_run_the_library_matches_the_reference(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = Path(__file__).resolve().parents[2] / "examples" / "digits" / "digits_cnn.onnx"
+    library = tmp_path / "digits.so"
+    assert main(["compile", str(model), "-o", str(library), "--input-shape", "image=4,1,8,8",
+                 "--weights", "external"]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {library}" in printed and "kernels, arena" in printed
+    assert library.with_suffix(".h").exists() and library.with_suffix(".bin").exists()
+    images = np.random.default_rng(0).random((4, 1, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", image=images)
+    for path in (model, library):
+        assert main(["run", str(path), "--inputs", str(tmp_path / "in.npz")]) == 0
+    reference_line, compiled_line = capsys.readouterr().out.strip().splitlines()
+    assert reference_line.split("sum=")[0] == compiled_line.split("sum=")[0]
+    sums = [float(line.split("sum=")[1].split()[0]) for line in (reference_line, compiled_line)]
+    assert sums[1] == pytest.approx(sums[0], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "unbound dimension 'batch'"),
+        (["--input-shape", "image=1,1,8,8", "--target", "sparc-sun-solaris"], "sparc"),
+    ],
+)
+def test_compile_errors_are_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    model = Path(__file__).resolve().parents[2] / "examples" / "digits" / "digits_cnn.onnx"
+    assert main(["compile", str(model), "-o", str(tmp_path / "m.so"), *extra]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("kiln: error: ") and message in err and len(err.splitlines()) == 1
