@@ -9,6 +9,9 @@ of gates (1, 3, 4). Every output is optional: Y [seq, dirs, batch, hidden] (layo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from ..op import Group, Op
 from ..schema import FLOAT, FLOATS, INT, STRING, STRINGS, InferContext, define
 from ..types import FLOATS as FLOAT_DTYPES
@@ -166,3 +169,35 @@ define(
     {**_COMMON_ATTRS, "input_forget": INT(0)},
     Group.RNN,
 )(_recurrent_rule)
+
+
+# Defaults of (alpha, beta) where the activation list leaves them out: those of the ONNX op of
+# the same name.
+ACTIVATION_DEFAULTS = {
+    "leakyrelu": (0.01, 0.0), "thresholdedrelu": (1.0, 0.0), "elu": (1.0, 0.0),
+    "affine": (1.0, 0.0), "scaledtanh": (1.0, 1.0), "hardsigmoid": (0.2, 0.5),
+}
+
+
+def activation_specs(
+    op: Op, attrs: Mapping[str, Any], num_dirs: int
+) -> list[list[tuple[str, float, float]]]:
+    """(lower-case name, alpha, beta) of each activation of each direction: the list repeats
+    for both directions when given once; alpha/beta values are consumed in list order by the
+    functions that take them (onnxruntime's reading of the spec)."""
+    names = list(attrs.get("activations") or DEFAULT_ACTIVATIONS[op])
+    per_dir = ACTIVATION_COUNT[op]
+    if len(names) == per_dir:
+        names = names * num_dirs
+    alphas = list(attrs.get("activation_alpha") or ())
+    betas = list(attrs.get("activation_beta") or ())
+    specs = []
+    for name in names:
+        key = name.lower()
+        alpha, beta = ACTIVATION_DEFAULTS.get(key, (0.0, 0.0))
+        if ACTIVATION_PARAMS[key] >= 1 and alphas:
+            alpha = alphas.pop(0)
+        if ACTIVATION_PARAMS[key] == 2 and betas:
+            beta = betas.pop(0)
+        specs.append((key, float(alpha), float(beta)))
+    return [specs[d * per_dir:(d + 1) * per_dir] for d in range(num_dirs)]

@@ -25,9 +25,9 @@ import numpy as np
 
 from ...errors import KilnError
 from ...ir.builder import GraphBuilder
-from ...ir.graph import Graph, Node, Value
-from ...ir.op import Op
+from ...ir.graph import Graph, Value
 from ...ir.types import DType, TensorType
+from ...passes.specialize import copy_nodes
 from ..from_graph import LoweredGraph, lower_graph
 from ..kernel_ir import (
     Assign,
@@ -82,38 +82,6 @@ def free_values(graph: Graph) -> list[Value]:
     return list(found.values())
 
 
-def _copy_nodes(nodes: Sequence[Node], builder: GraphBuilder, mapping: dict[str, Value]) -> None:
-    """Re-add ``nodes`` through ``builder`` (re-inferring types, folding constants); nested
-    bodies are rebuilt too, so the enclosing values they read carry the new types."""
-    for node in nodes:
-        if node.op is Op.CONSTANT:
-            out = node.outputs[0]
-            assert out is not None
-            mapping[out.name] = builder.constant(node.attrs["value"], out.name, node.name)
-            continue
-        attrs = {
-            key: _rebuild_nested(value, builder, mapping) if isinstance(value, Graph) else value
-            for key, value in node.attrs.items()
-        }
-        outputs = builder.add(
-            node.op, [None if v is None else mapping[v.name] for v in node.inputs], attrs,
-            outputs=[None if v is None else v.name for v in node.outputs], name=node.name,
-        )
-        for old, new in zip(node.outputs, outputs, strict=True):
-            if old is not None and new is not None:
-                mapping[old.name] = new
-
-
-def _rebuild_nested(graph: Graph, outer: GraphBuilder, mapping: dict[str, Value]) -> Graph:
-    sub = outer.sub(graph.name)
-    inner = dict(mapping)
-    for value in graph.inputs:
-        inner[value.name] = sub.add_input(value.name, value.type)
-    _copy_nodes(graph.nodes, sub, inner)
-    return Graph(graph.name, tuple(sub.inputs), tuple(sub.nodes),
-                 tuple(inner[v.name] for v in graph.outputs))
-
-
 def rebuild_body(ctx: LowerContext, graph: Graph, input_types: Sequence[TensorType]) -> Graph:
     """``graph`` re-typed for static ``input_types``; the enclosing values it reads become
     extra inputs after its own."""
@@ -129,7 +97,7 @@ def rebuild_body(ctx: LowerContext, graph: Graph, input_types: Sequence[TensorTy
             )
         mapping[value.name] = builder.add_input(value.name, value.type)
     try:
-        _copy_nodes(graph.nodes, builder, mapping)
+        copy_nodes(graph.nodes, builder, mapping)
     except KilnError as error:
         raise ctx.fail(f"body {graph.name!r} does not type-check at this node: {error}") from None
     return Graph(graph.name, tuple(builder.inputs), tuple(builder.nodes),

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ...ir.op import Op
-from ...ir.rules.rnn import ACTIVATION_COUNT, ACTIVATION_PARAMS, DEFAULT_ACTIVATIONS
+from ...ir.rules.rnn import activation_specs
 from ...ir.types import DType
 from ..kernel_ir import (
     Assign,
@@ -47,14 +47,6 @@ Activation = Callable[[Expr], Expr]
 # Work (multiply-adds) above which a loop is worth splitting across threads.
 PARALLEL_WORK = 1 << 15
 
-# Defaults of (alpha, beta) where the activation list leaves them out: those of the ONNX op of
-# the same name (as in the reference kernels).
-_PARAM_DEFAULTS = {
-    "leakyrelu": (0.01, 0.0), "thresholdedrelu": (1.0, 0.0), "elu": (1.0, 0.0),
-    "affine": (1.0, 0.0), "scaledtanh": (1.0, 1.0), "hardsigmoid": (0.2, 0.5),
-}
-
-
 def _activation(name: str, alpha: float, beta: float) -> Activation:
     """``x -> f(x)`` as an expression; ``x`` must be a local (some functions read it twice)."""
     functions: dict[str, Activation] = {
@@ -76,23 +68,9 @@ def _activation(name: str, alpha: float, beta: float) -> Activation:
 
 
 def _activations(ctx: LowerContext, num_dirs: int) -> list[list[Activation]]:
-    """The activation functions of each direction, alpha/beta consumed in list order."""
-    names = list(ctx.attr("activations") or DEFAULT_ACTIVATIONS[ctx.op])
-    per_dir = ACTIVATION_COUNT[ctx.op]
-    if len(names) == per_dir:
-        names = names * num_dirs
-    alphas = list(ctx.attr("activation_alpha") or ())
-    betas = list(ctx.attr("activation_beta") or ())
-    functions = []
-    for name in names:
-        key = name.lower()
-        alpha, beta = _PARAM_DEFAULTS.get(key, (0.0, 0.0))
-        if ACTIVATION_PARAMS[key] >= 1 and alphas:
-            alpha = alphas.pop(0)
-        if ACTIVATION_PARAMS[key] == 2 and betas:
-            beta = betas.pop(0)
-        functions.append(_activation(key, alpha, beta))
-    return [functions[d * per_dir:(d + 1) * per_dir] for d in range(num_dirs)]
+    """The activation functions of each direction."""
+    return [[_activation(*spec) for spec in direction]
+            for direction in activation_specs(ctx.op, ctx.attrs, num_dirs)]
 
 
 def unflatten(flat: Expr, extents: Sequence[int]) -> list[Expr]:

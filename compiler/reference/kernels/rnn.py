@@ -13,18 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...ir.op import Op
-from ...ir.rules.rnn import ACTIVATION_COUNT, ACTIVATION_PARAMS, DEFAULT_ACTIVATIONS
+from ...ir.rules.rnn import activation_specs
 from .registry import KernelContext, kernel
 
 Activation = Callable[[np.ndarray], np.ndarray]
-
-# Defaults of (alpha, beta) where the activation list leaves them out: those of the ONNX op of
-# the same name.
-_PARAM_DEFAULTS = {
-    "leakyrelu": (0.01, 0.0), "thresholdedrelu": (1.0, 0.0), "elu": (1.0, 0.0),
-    "affine": (1.0, 0.0), "scaledtanh": (1.0, 1.0), "hardsigmoid": (0.2, 0.5),
-}
-
 
 def _activation(name: str, alpha: float, beta: float) -> Activation:
     functions: dict[str, Activation] = {
@@ -44,23 +36,9 @@ def _activation(name: str, alpha: float, beta: float) -> Activation:
 
 
 def _activations(ctx: KernelContext, num_dirs: int) -> list[list[Activation]]:
-    """The activation functions of each direction, alpha/beta consumed in list order."""
-    names = list(ctx.attr("activations") or DEFAULT_ACTIVATIONS[ctx.op])
-    per_dir = ACTIVATION_COUNT[ctx.op]
-    if len(names) == per_dir:
-        names = names * num_dirs
-    alphas = list(ctx.attr("activation_alpha") or ())
-    betas = list(ctx.attr("activation_beta") or ())
-    functions = []
-    for name in names:
-        key = name.lower()
-        alpha, beta = _PARAM_DEFAULTS.get(key, (0.0, 0.0))
-        if ACTIVATION_PARAMS[key] >= 1 and alphas:
-            alpha = alphas.pop(0)
-        if ACTIVATION_PARAMS[key] == 2 and betas:
-            beta = betas.pop(0)
-        functions.append(_activation(key, alpha, beta))
-    return [functions[d * per_dir:(d + 1) * per_dir] for d in range(num_dirs)]
+    """The activation functions of each direction."""
+    return [[_activation(*spec) for spec in direction]
+            for direction in activation_specs(ctx.op, ctx.attrs, num_dirs)]
 
 
 @dataclass
