@@ -1,4 +1,5 @@
-"""Index helpers shared by the lowerings: broadcasting and loop nests over a shape."""
+"""Helpers shared by every family's lowerings: constants, index arithmetic, broadcasting, loop
+nests over a shape, and the work threshold for parallel loops."""
 
 from __future__ import annotations
 
@@ -7,6 +8,34 @@ from dataclasses import replace
 
 from ...ir.types import DType
 from ..kernel_ir import Buffer, Const, Expr, Loop, LoopKind, Stmt, Var, loop_nest
+
+# Below this many element operations a parallel loop costs more than it saves.
+PARALLEL_WORK = 1 << 15
+
+
+def const(value: float | int | bool, dtype: DType) -> Const:
+    """A constant of ``dtype`` from a Python number."""
+    if dtype is DType.BOOL:
+        return Const(bool(value), dtype)
+    return Const(int(value) if dtype.is_int else float(value), dtype)
+
+
+def idx(value: int) -> Const:
+    """An index (i64) constant."""
+    return Const(int(value), DType.I64)
+
+
+def affine(terms: Sequence[tuple[Expr, int]], offset: int = 0) -> Expr:
+    """sum(expr * coef) + offset, leaving out zero terms and unit factors."""
+    result: Expr | None = None
+    for expr, coef in terms:
+        if coef == 0 or (isinstance(expr, Const) and expr.value == 0):
+            continue
+        term = expr if coef == 1 else expr * coef
+        result = term if result is None else result + term
+    if result is None:
+        return idx(offset)
+    return result + offset if offset else result
 
 
 def broadcast_index(out_vars: Sequence[Expr], source: Buffer) -> list[Expr]:

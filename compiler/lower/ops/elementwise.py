@@ -20,9 +20,8 @@ from ...ir.op import Op
 from ...ir.types import DType
 from ..kernel_ir import Binary, Compare, Expr, Kernel, Stmt, Unary, select
 from ..registry import LowerContext, lowering
-from .common import broadcast_index
+from .common import broadcast_index, const
 from .elementwise_scalar import (
-    const,
     divide,
     expm1,
     fabs,

@@ -25,14 +25,13 @@ from ..kernel_ir import (
     Stmt,
     Unary,
     Var,
-    as_expr,
     binary,
     select,
 )
+from .common import PARALLEL_WORK, const
 
 NARROW_FLOATS = frozenset({DType.F16, DType.BF16})
 # Below this many elements of work a kernel runs on one thread (thread hand-off costs more).
-PARALLEL_WORK = 32768
 # Chunk of a lone parallel axis handed to one task; a multiple of every vector width.
 CHUNK = 4096
 
@@ -47,8 +46,6 @@ def to_float(dtype: DType) -> DType:
     return wide(dtype) if dtype.is_float else DType.F64
 
 
-def const(value: int | float | bool, dtype: DType) -> Const:
-    return as_expr(value, dtype)  # type: ignore[return-value]
 
 
 def lowest(dtype: DType) -> Const:

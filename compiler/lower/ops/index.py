@@ -27,6 +27,7 @@ from ..kernel_ir import (
 )
 from ..registry import LowerContext, lowering
 from . import index_scatter, index_topk  # noqa: F401 - registers
+from .common import affine, const, idx
 from .index_common import (
     check_extents,
     empty_axis_kernel,
@@ -34,7 +35,7 @@ from .index_common import (
     nd_positions,
     out_of_range,
 )
-from .movement_loops import affine, checked_index, const, idx, logical, loops, numel
+from .movement_loops import checked_index, logical, loops, numel
 
 
 @lowering(Op.GATHER)

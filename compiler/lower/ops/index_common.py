@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ..kernel_ir import Buffer, Expr, Kernel, Report, Stmt
 from ..registry import LowerContext
-from .movement_loops import checked_index, idx, numel
+from .common import idx
+from .movement_loops import checked_index, numel
 
 
 def out_of_range(ctx: LowerContext, extent: int, what: str = "index") -> str:

@@ -13,6 +13,7 @@ from ...ir.shapes import normalize_axis
 from ...ir.types import DType
 from ..kernel_ir import Binary, Block, Declare, Expr, If, Kernel, Report, Stmt, Var, block
 from ..registry import LowerContext, lowering
+from .common import idx
 from .index_common import (
     check_extents,
     empty_axis_kernel,
@@ -20,7 +21,7 @@ from .index_common import (
     nd_positions,
     out_of_range,
 )
-from .movement_loops import checked_index, copy_reshaped, idx, logical, loops
+from .movement_loops import checked_index, copy_reshaped, logical, loops
 
 
 def _combine(reduction: str, old: Expr, new: Expr) -> Expr:

@@ -13,7 +13,8 @@ from ...ir.op import Op
 from ...ir.shapes import normalize_axis
 from ..kernel_ir import Assign, Declare, Expr, If, Kernel, Loop, Stmt, Unary, Var, block
 from ..registry import LowerContext, lowering
-from .movement_loops import const, idx, logical, loops, numel
+from .common import const, idx
+from .movement_loops import logical, loops, numel
 
 
 def _greater(a: Expr, b: Expr) -> Expr:

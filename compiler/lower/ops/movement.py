@@ -29,8 +29,8 @@ from ..kernel_ir import (
 )
 from ..registry import LowerContext, lowering
 from . import movement_bitcast, movement_pad, movement_resize  # noqa: F401 - registers
-from .common import broadcast_index
-from .movement_loops import affine, const, copy_reshaped, fill, idx, loops, numel
+from .common import affine, broadcast_index, const, idx
+from .movement_loops import copy_reshaped, fill, loops, numel
 
 
 @lowering(Op.RESHAPE, Op.FLATTEN, Op.SQUEEZE, Op.UNSQUEEZE)

@@ -25,7 +25,8 @@ from ..kernel_ir import (
     select,
 )
 from ..registry import LowerContext, lowering
-from .movement_loops import const, idx, logical, loops
+from .common import const, idx
+from .movement_loops import logical, loops
 
 # (exponent bits, mantissa bits) of each float format.
 _FORMATS = {DType.F16: (5, 10), DType.BF16: (8, 7), DType.F32: (8, 23), DType.F64: (11, 52)}

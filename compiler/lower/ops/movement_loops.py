@@ -21,7 +21,6 @@ from ..kernel_ir import (
     Binary,
     Block,
     Buffer,
-    Const,
     Declare,
     Expr,
     If,
@@ -30,20 +29,9 @@ from ..kernel_ir import (
     Report,
     Stmt,
     Var,
-    as_expr,
     select,
 )
-
-# Below this many element operations a parallel loop costs more than it saves.
-PARALLEL_WORK = 1 << 15
-
-
-def idx(value: int) -> Const:
-    return Const(int(value), DType.I64)
-
-
-def const(value: float | int | bool, dtype: DType) -> Expr:
-    return as_expr(bool(value) if dtype is DType.BOOL else value, dtype)
+from .common import PARALLEL_WORK, affine, idx
 
 
 def numel(shape: Sequence[int]) -> int:
@@ -53,17 +41,6 @@ def numel(shape: Sequence[int]) -> int:
     return total
 
 
-def affine(terms: Sequence[tuple[Expr, int]], offset: int = 0) -> Expr:
-    """sum(expr * coef) + offset, leaving out zero terms and unit factors."""
-    result: Expr | None = None
-    for expr, coef in terms:
-        if coef == 0 or (isinstance(expr, Const) and expr.value == 0):
-            continue
-        term = expr if coef == 1 else expr * coef
-        result = term if result is None else result + term
-    if result is None:
-        return idx(offset)
-    return result + offset if offset else result
 
 
 def logical(op: str, conds: Sequence[Expr]) -> Expr:

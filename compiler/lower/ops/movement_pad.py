@@ -16,7 +16,8 @@ from ...ir.rules.movement import pad_widths
 from ...ir.shapes import normalize_axes
 from ..kernel_ir import Block, Buffer, Declare, Expr, If, Kernel, Stmt, Var, block, select
 from ..registry import LowerContext, lowering
-from .movement_loops import affine, const, copy_reshaped, idx, logical, loops, numel
+from .common import affine, const, idx
+from .movement_loops import copy_reshaped, logical, loops, numel
 
 
 @dataclass(frozen=True)

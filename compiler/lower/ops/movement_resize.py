@@ -37,7 +37,8 @@ from ..kernel_ir import (
     select,
 )
 from ..registry import LowerContext, lowering
-from .movement_loops import const, copy_reshaped, idx, logical, loops
+from .common import const, idx
+from .movement_loops import copy_reshaped, logical, loops
 
 
 class _Attrs:

@@ -29,8 +29,8 @@ from ..kernel_ir import (
     select,
 )
 from ..registry import LowerContext, lowering
-from .common import broadcast_index
-from .nn_common import acc_dtype, add_to, all_of, const, idx, nest
+from .common import broadcast_index, const, idx
+from .nn_common import acc_dtype, add_to, all_of, nest
 
 NEG_INF = -math.inf
 

@@ -12,7 +12,6 @@ from ...ir.types import DType
 from ..kernel_ir import (
     Assign,
     Binary,
-    Const,
     Expr,
     If,
     Loop,
@@ -21,9 +20,9 @@ from ..kernel_ir import (
     Unary,
     Var,
 )
+from .common import PARALLEL_WORK, affine, const, idx
 
 # Below this many scalar operations a parallel loop costs more than it saves.
-PARALLEL_WORK = 32768
 
 
 def acc_dtype(dtype: DType) -> DType:
@@ -31,14 +30,8 @@ def acc_dtype(dtype: DType) -> DType:
     return DType.F64 if dtype is DType.F64 else DType.F32
 
 
-def const(value: float | int | bool, dtype: DType) -> Const:
-    if dtype is DType.BOOL:
-        return Const(bool(value), dtype)
-    return Const(int(value) if dtype.is_int else float(value), dtype)
 
 
-def idx(value: int) -> Const:
-    return Const(int(value), DType.I64)
 
 
 def lowest(dtype: DType) -> float | int:
@@ -46,17 +39,6 @@ def lowest(dtype: DType) -> float | int:
     return -math.inf if dtype.is_float else int(np.iinfo(dtype.numpy).min)
 
 
-def affine(*terms: tuple[Expr, int], offset: int = 0) -> Expr:
-    """sum(var * coef) + offset, leaving out unit multiplications and zero terms."""
-    result: Expr | None = None
-    for var, coef in terms:
-        if coef == 0:
-            continue
-        term = var if coef == 1 else var * coef
-        result = term if result is None else result + term
-    if result is None:
-        return idx(offset)
-    return result + offset if offset else result
 
 
 def all_of(conds: Sequence[Expr | None]) -> Expr | None:
@@ -130,7 +112,7 @@ def ravel(coords: Sequence[Expr], shape: Sequence[int]) -> Expr:
     for extent in reversed(shape):
         strides.append(step)
         step *= extent
-    return affine(*zip(coords, reversed(strides), strict=True))
+    return affine(list(zip(coords, reversed(strides), strict=True)))
 
 
 def requantize(value: Expr, zero: Expr, out: DType) -> Expr:

@@ -22,7 +22,8 @@ from ...ir.rules.nn_geometry import (
 from ...ir.types import DType
 from ..kernel_ir import Assign, Buffer, Declare, Expr, If, Kernel, Loop, Stmt, Unary, Var, block
 from ..registry import LowerContext, lowering
-from .nn_common import acc_dtype, add_to, const, idx, nest, ravel, requantize, unravel
+from .common import const, idx
+from .nn_common import acc_dtype, add_to, nest, ravel, requantize, unravel
 from .nn_window import over_scatter_taps, over_window
 
 # (n, c) -> per-tap loader (positions -> value); (m, c_local, taps) -> weight value.

@@ -33,7 +33,8 @@ from ..kernel_ir import (
     select,
 )
 from ..registry import LowerContext, lowering
-from .nn_common import acc_dtype, all_of, const, idx, nest, unravel
+from .common import const, idx
+from .nn_common import acc_dtype, all_of, nest, unravel
 
 CUBIC_ALPHA = -0.75
 # Tap bases are clamped this far outside the image before the float -> int conversion: every

@@ -16,7 +16,8 @@ from ...ir.op import Op
 from ...ir.types import DType
 from ..kernel_ir import Buffer, Declare, Expr, Kernel, Loop, LoopKind, Stmt, Unary, Var, block
 from ..registry import LowerContext, lowering
-from .nn_common import add_to, const, idx, nest, unravel
+from .common import const, idx
+from .nn_common import add_to, nest, unravel
 
 F32 = DType.F32
 

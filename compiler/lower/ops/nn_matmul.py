@@ -13,8 +13,8 @@ from ...ir.op import Op
 from ...ir.types import DType
 from ..kernel_ir import Buffer, Declare, Expr, Kernel, Stmt, Var, block
 from ..registry import LowerContext, lowering
-from .common import broadcast_index
-from .nn_common import acc_dtype, add_to, const, idx, nest, requantize
+from .common import broadcast_index, const, idx
+from .nn_common import acc_dtype, add_to, nest, requantize
 from .nn_conv import scalar
 
 # (a value, b value, i, j, k) -> the product term; i/j are None for 1-D operands.

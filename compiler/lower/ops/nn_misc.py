@@ -23,8 +23,9 @@ from ..kernel_ir import (
     select,
 )
 from ..registry import LowerContext, lowering
+from .common import const, idx
 from .misc_random import seed_key, uniform
-from .nn_common import acc_dtype, add_to, all_of, const, idx, nest
+from .nn_common import acc_dtype, add_to, all_of, nest
 from .nn_conv import scalar
 from .rnn import flat_loop
 

@@ -17,8 +17,8 @@ from ...ir.shapes import normalize_axes, normalize_axis
 from ...ir.types import DType
 from ..kernel_ir import Assign, Binary, Buffer, Declare, Expr, Kernel, Stmt, Var, block
 from ..registry import LowerContext, lowering
-from .common import broadcast_index
-from .nn_common import acc_dtype, add_to, all_of, const, guarded, idx, nest, sqrt
+from .common import broadcast_index, const, idx
+from .nn_common import acc_dtype, add_to, all_of, guarded, nest, sqrt
 
 Inner = Callable[[list[Expr]], Stmt]
 Over = Callable[[Inner, str], Stmt]

@@ -30,7 +30,8 @@ from ..kernel_ir import (
     select,
 )
 from ..registry import LowerContext, lowering
-from .nn_common import acc_dtype, add_to, all_of, const, idx, lowest, nest, ravel, unravel
+from .common import const, idx
+from .nn_common import acc_dtype, add_to, all_of, lowest, nest, ravel, unravel
 from .nn_sample import roi_align_body
 from .nn_window import in_bounds, over_window
 

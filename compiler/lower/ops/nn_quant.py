@@ -9,7 +9,8 @@ from ...ir.types import DType
 from ..kernel_ir import Assign, Binary, Buffer, Declare, Expr, Kernel, Stmt, Unary, Var, block
 from ..kernel_ir import select as select_expr
 from ..registry import LowerContext, lowering
-from .nn_common import const, nest, requantize
+from .common import const
+from .nn_common import nest, requantize
 from .nn_conv import scalar
 
 

@@ -21,7 +21,8 @@ from ..kernel_ir import (
     select,
 )
 from ..registry import LowerContext
-from .nn_common import add_to, const, idx
+from .common import const, idx
+from .nn_common import add_to
 
 F64 = DType.F64
 

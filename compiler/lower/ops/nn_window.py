@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 
 from ...ir.rules.nn_geometry import Window
 from ..kernel_ir import Expr, Loop, Stmt, Var
-from .nn_common import affine, all_of, guarded, idx
+from .common import affine, idx
+from .nn_common import all_of, guarded
 
 TapBody = Callable[[list[Expr], list[Expr]], Stmt]
 
@@ -34,7 +35,7 @@ def _wrap(kernel: Sequence[int], taps: list[Expr], conds: list[Expr | None], bod
 
 def window_positions(win: Window, out_vars: Sequence[Expr], taps: Sequence[Expr]) -> list[Expr]:
     return [
-        affine((o, s), (t, d), offset=-win.pads[axis])
+        affine([(o, s), (t, d)], offset=-win.pads[axis])
         for axis, (o, t, s, d) in enumerate(
             zip(out_vars, taps, win.strides, win.dilations, strict=True)
         )
@@ -99,7 +100,7 @@ def over_scatter_taps(
     conds: list[Expr | None] = []
     for axis, (o, tap, size) in enumerate(zip(out_vars, taps, in_sizes, strict=True)):
         s, d, pad, k = win.strides[axis], win.dilations[axis], win.pads[axis], win.kernel[axis]
-        t = affine((o, 1), (tap, -d), offset=pad)
+        t = affine([(o, 1), (tap, -d)], offset=pad)
         qs.append(t if s == 1 else t // s)
         low, high = pad - (k - 1) * d, outs[axis] - 1 + pad
         conds.append(all_of([

@@ -32,19 +32,8 @@ from ..kernel_ir import (
     select,
 )
 from ..registry import LowerContext, lowering
-from .elementwise_scalar import (
-    const,
-    divide,
-    exp,
-    fabs,
-    fmax,
-    fmin,
-    highest,
-    is_finite,
-    log,
-    lowest,
-    wide,
-)
+from .common import const
+from .elementwise_scalar import divide, exp, fabs, fmax, fmin, highest, is_finite, log, lowest, wide
 from .reduce_loops import Position, accumulate, along, normalized_axis, over_slices
 
 

@@ -24,19 +24,8 @@ from ..kernel_ir import (
     select,
 )
 from ..registry import LowerContext, lowering
-from .elementwise_scalar import (
-    both,
-    const,
-    divide,
-    either,
-    exp,
-    fabs,
-    fmax,
-    log,
-    lowest,
-    negate,
-    wide,
-)
+from .common import const
+from .elementwise_scalar import both, divide, either, exp, fabs, fmax, log, lowest, negate, wide
 from .reduce_loops import Position, accumulate, along, at, normalized_axis, over_slices
 
 

@@ -42,10 +42,9 @@ from ..kernel_ir import (
     select,
 )
 from ..registry import LowerContext, lowering
+from .common import PARALLEL_WORK
 
 Activation = Callable[[Expr], Expr]
-# Work (multiply-adds) above which a loop is worth splitting across threads.
-PARALLEL_WORK = 1 << 15
 
 def _activation(name: str, alpha: float, beta: float) -> Activation:
     """``x -> f(x)`` as an expression; ``x`` must be a local (some functions read it twice)."""
