@@ -100,9 +100,10 @@ def _build_parser() -> argparse.ArgumentParser:
                     "(code, static plan, weights) with a C ABI, plus a header beside it.",
     )
     compile_.add_argument("model", type=Path, help="an .onnx file")
-    compile_.add_argument("-o", "--output", type=Path, required=True, metavar="MODEL.so",
+    compile_.add_argument("-o", "--output", type=Path, metavar="MODEL.so",
                           help="the library to write (MODEL.h, and MODEL.bin with "
-                               "--weights external, go beside it)")
+                               "--weights external, go beside it); required unless "
+                               "--stop-after is given")
     compile_.add_argument("--target", default="host",
                           help="host (default), x86_64, x86_64-avx2, x86_64-avx512, "
                                "aarch64-linux-gnu, armv7-linux-gnueabihf, riscv64-linux-gnu "
@@ -114,6 +115,16 @@ def _build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--weights", choices=("embed", "external"), default="embed",
                           help="embed the weights in the library (default) or write MODEL.bin")
     _add_input_shape(compile_, "bind the symbolic dimensions of an input")
+    compile_.add_argument("--print-ir-after-all", action="store_true",
+                          help="print the graph IR after every optimizer pass (on stderr)")
+    compile_.add_argument("--print-ir-after", action="append", default=[], metavar="PASS",
+                          help="print the graph IR after the pass PASS (on stderr); repeatable")
+    compile_.add_argument("--stop-after", metavar="PASS",
+                          help="stop the optimizer after PASS, print the IR on stdout and write "
+                               "no library")
+    compile_.add_argument("--pass-stats", action="store_true",
+                          help="print a per-pass table: time, ops before/after, changed, fused "
+                               "groups, layout transforms inserted/removed")
     compile_.set_defaults(handler=_compile)
 
     run = commands.add_parser(
@@ -190,16 +201,44 @@ def _inspect(args: argparse.Namespace, log: Callable[[str], None]) -> None:
 def _compile(args: argparse.Namespace, log: Callable[[str], None]) -> None:
     from .codegen.target import Target
     from .driver import build
+    from .passes.pipeline import format_stats
 
+    if args.output is None and args.stop_after is None:
+        raise UsageError("compile needs -o MODEL.so (or --stop-after PASS to print the IR)")
     graph = _load(args.model, log)
     target = Target.parse(args.target, cpu=args.cpu, features=args.features)
+    if args.stop_after is not None:
+        _compile_stop_after(args, graph, log)
+        return
     exe = build(graph, target=target, opt_level=args.opt_level,
-                input_shapes=dict(args.input_shape), weights=args.weights, progress=log)
+                input_shapes=dict(args.input_shape), weights=args.weights, progress=log,
+                print_ir_after=args.print_ir_after, print_ir_after_all=args.print_ir_after_all)
     written = exe.export(args.output)
     stats = exe.stats
     print(f"wrote {written} ({written.stat().st_size:,} bytes) for {target.triple}: "
           f"{stats.kernels} kernels, arena {stats.arena_bytes:,} bytes, weights "
           f"{stats.weights_bytes:,} bytes, compiled in {stats.total_seconds:.2f}s")
+    if args.pass_stats:
+        print(format_stats(stats.passes), end="")
+
+
+def _compile_stop_after(
+    args: argparse.Namespace, graph: Graph, log: Callable[[str], None]
+) -> None:
+    """``compile --stop-after PASS``: run the optimizer up to PASS and print the IR."""
+    from .ir.printer import print_graph
+    from .passes.pipeline import PassStats, format_stats, optimize
+    from .passes.specialize import specialize
+
+    rows: list[PassStats] = []
+    log("optimizing")
+    optimized = optimize(specialize(graph, dict(args.input_shape)), args.opt_level,
+                         print_after=args.print_ir_after,
+                         print_after_all=args.print_ir_after_all, stop_after=args.stop_after,
+                         stats=rows)
+    print(print_graph(optimized), end="")
+    if args.pass_stats:
+        print(format_stats(rows), end="")
 
 
 def _memory_plan_line(graph: Graph, shapes: Mapping[str, tuple[int, ...]]) -> str:

@@ -1,6 +1,7 @@
 """The compiler driver: ``build``, graph IR in, a compiled model library out.
 
-    specialize (bind symbolic dims, fold shapes) -> lower (kernel IR per node)
+    specialize (bind symbolic dims, fold shapes) -> optimize (the pass pipeline of the opt
+    level, passes/pipeline.py) -> lower (kernel IR per node)
     -> plan (kernel order, arena and weights placement) -> LLVM module (kernels, plan,
     descriptor) -> object code -> shared library with the C runtime and the weights.
 
@@ -17,6 +18,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -30,6 +32,7 @@ from .codegen.target import Target
 from .errors import KilnError
 from .ir.graph import Graph
 from .lower.from_graph import lower_graph
+from .passes.pipeline import PassStats, optimize
 from .passes.specialize import specialize
 from .plan.plan import Plan, make_plan
 
@@ -43,6 +46,7 @@ class BuildStats:
     unshared_bytes: int
     weights_bytes: int
     seconds: dict[str, float] = field(default_factory=dict)
+    passes: list[PassStats] = field(default_factory=list)  # one row per optimizer pass run
 
     @property
     def total_seconds(self) -> float:
@@ -93,8 +97,16 @@ def build(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     weights: str = "embed",
     progress: Progress | None = None,
+    *,
+    print_ir_after: Sequence[str] = (),
+    print_ir_after_all: bool = False,
+    verify_each: bool = False,
+    ir_out: TextIO | None = None,
 ) -> Executable:
-    """Compile ``graph`` for ``target``; symbolic input dims must be bound by ``input_shapes``."""
+    """Compile ``graph`` for ``target``; symbolic input dims must be bound by ``input_shapes``.
+    ``opt_level`` picks the optimizer's passes (and LLVM's level); ``print_ir_after`` /
+    ``print_ir_after_all`` print the IR after those passes to ``ir_out`` (default stderr);
+    ``verify_each`` verifies the IR after every pass."""
     if opt_level not in (0, 1, 2, 3):
         raise KilnError(f"opt_level must be 0, 1, 2 or 3, got {opt_level}")
     if weights not in ("embed", "external"):
@@ -111,7 +123,12 @@ def build(
         return result
 
     static = phase("specialize", specialize, graph, input_shapes)
-    lowered = phase("lower", lower_graph, static)
+    pass_rows: list[PassStats] = []
+    optimized = phase("optimize", lambda: optimize(
+        static, opt_level, print_after=print_ir_after, print_after_all=print_ir_after_all,
+        verify_each=verify_each, stats=pass_rows, out=ir_out,
+    ))
+    lowered = phase("lower", lower_graph, optimized)
     plan: Plan = phase("plan", make_plan, lowered)
     names = ([v.name for v in static.inputs], list(plan.output_names))
     external = weights == "external"
@@ -127,7 +144,7 @@ def build(
         weights=plan.weights, external_weights=external, target=machine,
     ))
     stats = BuildStats(len(plan.calls), plan.arena_bytes, plan.unshared_bytes,
-                       len(plan.weights), seconds)
+                       len(plan.weights), seconds, pass_rows)
     if progress:
         progress(f"built {library.name}: {stats.kernels} kernels in {stats.total_seconds:.2f}s")
     return Executable(folder, library, machine, threads, stats)

@@ -15,6 +15,12 @@ class Op(enum.Enum):
     """Every operation of the graph IR; the value is its spelling in the text form."""
 
     CONSTANT = "constant"
+    # Kiln's own ops, made by passes (no ONNX counterpart): a fused group of ops run as one
+    # kernel (its body a subgraph), a conversion between memory layouts, and a convolution on
+    # channel-blocked (NCHW[x]c) tensors.
+    FUSED = "fused"
+    LAYOUT_TRANSFORM = "layout_transform"
+    CONV_NCHWC = "conv_nchwc"
     ABS = "abs"
     ACOS = "acos"
     ACOSH = "acosh"
@@ -216,3 +222,5 @@ class Group(enum.Enum):
     SIGNAL = "signal"
     SHAPE = "shape"
     MISC = "misc"
+    FUSED = "fused"
+    LAYOUT = "layout"

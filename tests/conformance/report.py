@@ -1,8 +1,13 @@
-"""Conformance report: ``python tests/conformance/report.py [--filter SUBSTR] [--quiet]``.
+"""Conformance report: ``python tests/conformance/report.py [--filter SUBSTR] [--quiet]
+[--compiled [--opt-level N]] [--jobs J]``.
 
 Prints one line per ONNX node test case (status, group, reason), then totals per group and the
-pass rate over numeric cases. ``--write-known-failures`` rewrites known_failures.txt from the
-failures of this run (for the full, unfiltered sweep).
+pass rate over numeric cases. ``--compiled`` runs the cases through ``kiln.compiler.build`` at
+``--opt-level`` (default 2). ``--write-known-failures`` rewrites the known-failures file of the
+engine from the failures of this run (for the full, unfiltered sweep): known_failures.txt for
+the reference executor, known_failures_compiled.txt for ``--compiled --opt-level 3`` and
+known_failures_compiled_O0.txt for ``--compiled --opt-level 0`` (the two compiled engines of
+test_node_cases.py).
 """
 
 from __future__ import annotations
@@ -13,8 +18,15 @@ import functools
 import multiprocessing
 import sys
 import time
+from pathlib import Path
 
-from harness import KNOWN_FAILURES, KNOWN_FAILURES_COMPILED, CaseResult, collect_cases, run_case
+from harness import (
+    KNOWN_FAILURES,
+    KNOWN_FAILURES_BY_OPT_LEVEL,
+    CaseResult,
+    collect_cases,
+    run_case,
+)
 
 
 def summarize(results: list[CaseResult]) -> str:
@@ -43,8 +55,16 @@ def summarize(results: list[CaseResult]) -> str:
     return "\n".join(lines)
 
 
-def _run_named(name: str, compiled: bool, shape_operands: bool) -> CaseResult:
-    return run_case(collect_cases()[name], compiled=compiled, shape_operands=shape_operands)
+def _run_named(name: str, compiled: bool, shape_operands: bool, opt_level: int) -> CaseResult:
+    return run_case(collect_cases()[name], compiled=compiled, shape_operands=shape_operands,
+                    opt_level=opt_level)
+
+
+def known_failures_file(compiled: bool, opt_level: int) -> Path | None:
+    """The known-failures file of an engine, None for a compiled level the suite does not run."""
+    if not compiled:
+        return KNOWN_FAILURES
+    return KNOWN_FAILURES_BY_OPT_LEVEL.get(opt_level)
 
 
 class _Serial:
@@ -69,16 +89,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--integer-inputs-only", action="store_true",
                         help="with --compiled, freeze only integer inputs (not Resize scales, "
                              "Range bounds, OneHot depth)")
+    parser.add_argument("--opt-level", type=int, choices=range(4), default=2, metavar="N",
+                        help="with --compiled, the optimization level 0-3 (default 2)")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--write-known-failures", action="store_true",
-                        help="rewrite known_failures.txt from this run's failures")
+                        help="rewrite the engine's known-failures file from this run's failures")
     args = parser.parse_args(argv)
+    known = known_failures_file(args.compiled, args.opt_level)
+    if args.write_known_failures and known is None:
+        parser.error("--write-known-failures with --compiled needs --opt-level 3 or 0 (the "
+                     f"levels with a known-failures file), got {args.opt_level}")
     cases = {n: c for n, c in collect_cases().items() if args.filter in n}
     results = []
     start = time.perf_counter()
     names = sorted(cases)
     run = functools.partial(_run_named, compiled=args.compiled,
-                            shape_operands=not args.integer_inputs_only)
+                            shape_operands=not args.integer_inputs_only,
+                            opt_level=args.opt_level)
     pool = multiprocessing.get_context("fork").Pool(args.jobs) if args.jobs > 1 else _Serial()
     with pool:
         for name, result in zip(names, pool.imap(run, names), strict=True):
@@ -86,15 +113,17 @@ def main(argv: list[str] | None = None) -> int:
             if not args.quiet or result.status in ("FAIL", "ERROR"):
                 reason = f"  {result.reason}" if result.reason else ""
                 print(f"{result.status:8} {result.group:8} {name}{reason}"[:400], flush=True)
+    if args.compiled:
+        print(f"compiled at -O{args.opt_level}")
     print(summarize(results))
     print(f"time: {time.perf_counter() - start:.1f}s")
     if args.write_known_failures:
+        assert known is not None
         failing = [r for r in results if r.status in ("FAIL", "ERROR")]
-        known = KNOWN_FAILURES_COMPILED if args.compiled else KNOWN_FAILURES
+        flags = f" --compiled --opt-level {args.opt_level}" if args.compiled else ""
         known.write_text(
             "# ONNX node cases that fail today: `name  # reason`. Regenerate with\n"
-            "# python tests/conformance/report.py --write-known-failures"
-            + (" --compiled\n" if args.compiled else "\n")
+            f"# python tests/conformance/report.py --write-known-failures{flags}\n"
             + "".join(f"{r.name}  # {r.status}: {r.reason[:200]}\n" for r in failing)
         )
         print(f"wrote {len(failing)} entries to {known}")

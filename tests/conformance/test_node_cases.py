@@ -1,10 +1,14 @@
 """The ONNX backend node test cases, one pytest test per case and engine (harness.py has the
 rules): ``reference`` runs ``load_onnx`` + ``reference.run``; ``compiled`` runs
-``build(...).run`` with the inputs an AOT compiler would see as constants frozen.
+``build(..., opt_level=3).run`` (every pass: fusion, layout selection) with the inputs an AOT
+compiler would see as constants frozen; ``compiled-O0`` does the same at ``opt_level=0`` (no
+fusion, no layout change: the debuggable baseline).
 
-Cases listed in known_failures.txt / known_failures_compiled.txt are strict xfails, so a fix
-shows up as XPASS and the list must be updated (``python tests/conformance/report.py
---write-known-failures [--compiled]``).
+Cases listed in known_failures.txt / known_failures_compiled.txt /
+known_failures_compiled_O0.txt are strict xfails, so a fix shows up as XPASS and the list must
+be updated (``python tests/conformance/report.py --write-known-failures [--compiled
+--opt-level 3|0]``). "The suite passes at -O3 exactly as at -O0" is then the equality of the two
+compiled lists (``test_compiled_engines_fail_on_the_same_cases``).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import pytest
 from harness import (
     KNOWN_FAILURES,
-    KNOWN_FAILURES_COMPILED,
+    KNOWN_FAILURES_BY_OPT_LEVEL,
     CaseResult,
     classify,
     collect_cases,
@@ -21,9 +25,13 @@ from harness import (
 )
 
 CASES = collect_cases()
+# Compiled engine -> opt level.
+OPT_LEVELS = {"compiled": 3, "compiled-O0": 0}
+ENGINES = ["reference", *OPT_LEVELS]
 KNOWN = {
     "reference": load_known_failures(KNOWN_FAILURES),
-    "compiled": load_known_failures(KNOWN_FAILURES_COMPILED),
+    **{engine: load_known_failures(KNOWN_FAILURES_BY_OPT_LEVEL[level])
+       for engine, level in OPT_LEVELS.items()},
 }
 MIN_PASS_RATE = 0.90
 # The compiled path may trail the reference executor by at most this fraction of its passes.
@@ -33,7 +41,8 @@ _results: dict[tuple[str, str], CaseResult] = {}
 
 def _result(name: str, engine: str) -> CaseResult:
     if (name, engine) not in _results:
-        _results[name, engine] = run_case(CASES[name], compiled=engine == "compiled")
+        _results[name, engine] = run_case(CASES[name], compiled=engine in OPT_LEVELS,
+                                          opt_level=OPT_LEVELS.get(engine, 2))
     return _results[name, engine]
 
 
@@ -45,7 +54,7 @@ def _params(engine: str) -> list[object]:
     ]
 
 
-@pytest.mark.parametrize(("name", "engine"), _params("reference") + _params("compiled"))
+@pytest.mark.parametrize(("name", "engine"), [p for e in ENGINES for p in _params(e)])
 def test_node_case(name: str, engine: str) -> None:
     result = _result(name, engine)
     if result.status == "EXCLUDED":
@@ -53,7 +62,7 @@ def test_node_case(name: str, engine: str) -> None:
     assert result.status == "PASS", f"{result.status}: {result.reason}"
 
 
-@pytest.mark.parametrize("engine", ["reference", "compiled"])
+@pytest.mark.parametrize("engine", ENGINES)
 def test_known_failures_name_real_cases(engine: str) -> None:
     assert sorted(set(KNOWN[engine]) - set(CASES)) == []
 
@@ -79,4 +88,14 @@ def test_compiled_count_is_within_two_percent_of_the_reference() -> None:
     assert compiled >= (1 - MAX_COMPILED_SHORTFALL) * reference, (
         f"compiled passes {compiled}, reference {reference}: more than "
         f"{MAX_COMPILED_SHORTFALL:.0%} apart"
+    )
+
+
+def test_compiled_engines_fail_on_the_same_cases() -> None:
+    """-O3 passes exactly the cases -O0 passes: the per-case tests hold each engine to its list
+    both ways (strict xfail), so equal lists mean equal outcomes, case by case."""
+    only_o3 = sorted(set(KNOWN["compiled"]) - set(KNOWN["compiled-O0"]))
+    only_o0 = sorted(set(KNOWN["compiled-O0"]) - set(KNOWN["compiled"]))
+    assert (only_o3, only_o0) == ([], []), (
+        f"fail at -O3 only: {only_o3}; fail at -O0 only: {only_o0}"
     )

@@ -2,7 +2,11 @@
 
 Each entry of ``ZOO`` exports its model with a given exporter into a folder and returns the
 module, the .onnx path and a set of inputs. Models are small enough for the test suite but real
-in structure: a ResNet-style CNN with BatchNorm, a transformer encoder layer, a 2-layer LSTM.
+in structure: a ResNet-style CNN with BatchNorm, a transformer encoder layer, a 2-layer LSTM, a
+BERT-style encoder (token + position embeddings, two GELU encoder layers, sequence 128, hidden
+128, 4 heads, int64 token ids) and a MobileNetV2-style net (inverted residual blocks with
+depthwise convolutions and ReLU6, 1x3x96x96 input: 96x96 keeps the suite fast while every block
+still sees a spatial extent above 3x3).
 """
 
 from __future__ import annotations
@@ -83,6 +87,75 @@ class TwoLayerLSTM(nn.Module):
         return output, hidden, cell
 
 
+class BertStyleEncoder(nn.Module):
+    """Token + learned position embeddings, LayerNorm, a stack of post-norm GELU encoder
+    layers, and a final LayerNorm (BERT's structure at a small width)."""
+
+    def __init__(self, vocab: int, sequence: int, hidden: int, heads: int, layers: int) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, hidden)
+        self.positions = nn.Embedding(sequence, hidden)
+        self.norm = nn.LayerNorm(hidden)
+        layer = nn.TransformerEncoderLayer(d_model=hidden, nhead=heads,
+                                           dim_feedforward=4 * hidden, dropout=0.0,
+                                           activation="gelu", batch_first=True)
+        # enable_nested_tensor only affects padded batches in training; off keeps the
+        # exported graph the plain dense one.
+        self.encoder = nn.TransformerEncoder(layer, num_layers=layers,
+                                             enable_nested_tensor=False)
+        self.final_norm = nn.LayerNorm(hidden)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
+        embedded = self.norm(self.tokens(ids) + self.positions(positions))
+        return self.final_norm(self.encoder(embedded))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expand conv + BN + ReLU6, 3x3 depthwise conv + BN + ReLU6,
+    1x1 project conv + BN, plus the input when stride is 1 and the widths match."""
+
+    def __init__(self, channels_in: int, channels_out: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = channels_in * expand
+        self.residual = stride == 1 and channels_in == channels_out
+        self.body = nn.Sequential(
+            nn.Conv2d(channels_in, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
+            nn.Conv2d(hidden, hidden, 3, stride, padding=1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden), nn.ReLU6(),
+            nn.Conv2d(hidden, channels_out, 1, bias=False), nn.BatchNorm2d(channels_out),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
+class MobileNetV2Style(nn.Module):
+    """A stride-2 stem, inverted residual stages (16 -> 24 -> 32 -> 64 channels, expansion 6,
+    residual adds inside each stage), a 1x1 conv to 256, global average pool and a classifier."""
+
+    # (expansion, channels out, blocks, stride of the first block), as in MobileNetV2's table
+    STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 2, 2))
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, 32, 3, 2, padding=1, bias=False),
+                                   nn.BatchNorm2d(32), nn.ReLU6()]
+        width = 32
+        for expand, channels, blocks, stride in self.STAGES:
+            for index in range(blocks):
+                layers.append(InvertedResidual(width, channels, stride if index == 0 else 1,
+                                               expand))
+                width = channels
+        layers += [nn.Conv2d(width, 256, 1, bias=False), nn.BatchNorm2d(256), nn.ReLU6()]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
 def resnet_style_cnn(exporter: str, folder: Path, batch: int = 2) -> Exported:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -114,12 +187,36 @@ def two_layer_lstm(exporter: str, folder: Path) -> Exported:
     return Exported(model, path, {"sequence": sequence})
 
 
+def bert_style_encoder(exporter: str, folder: Path) -> Exported:
+    torch.manual_seed(0)
+    vocab, sequence = 1000, 128
+    model = BertStyleEncoder(vocab, sequence, hidden=128, heads=4, layers=2)
+    ids = np.random.default_rng(3).integers(0, vocab, (1, sequence), dtype=np.int64)
+    path = export(model, [torch.from_numpy(ids)], folder / f"bert_{exporter}.onnx", exporter,
+                  ["ids"], ["hidden"])
+    return Exported(model, path, {"ids": ids})
+
+
+def mobilenet_v2_style(exporter: str, folder: Path) -> Exported:
+    torch.manual_seed(0)
+    rng = np.random.default_rng(4)
+    model = MobileNetV2Style()
+    _randomize_batchnorm(model, rng)
+    image = rng.standard_normal((1, 3, 96, 96)).astype(np.float32)
+    path = export(model, [torch.from_numpy(image)], folder / f"mobilenet_{exporter}.onnx",
+                  exporter, ["image"], ["logits"])
+    return Exported(model, path, {"image": image})
+
+
 ZOO: dict[str, Callable[[str, Path], Exported]] = {
     "resnet_style_cnn": resnet_style_cnn,
     "transformer_encoder_layer": transformer_encoder_layer,
     "two_layer_lstm": two_layer_lstm,
+    "bert_style_encoder": bert_style_encoder,
+    "mobilenet_v2_style": mobilenet_v2_style,
 }
 
 # torch 2.13's TorchScript exporter cannot trace nn.MultiheadAttention
 # (scaled_dot_product_attention receives is_causal as a Tensor).
+# The BERT-style encoder, whose layers run inside nn.TransformerEncoder, does export with it.
 UNSUPPORTED = {("transformer_encoder_layer", "torchscript")}

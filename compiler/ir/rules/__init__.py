@@ -3,7 +3,9 @@
 from . import (  # noqa: F401
     control,
     elementwise,
+    fused,
     index,
+    layout,
     misc,
     movement,
     nn,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib
 
-FAMILIES = ("elementwise", "reduce", "nn", "movement", "index", "rnn", "control", "misc")
+FAMILIES = ("elementwise", "reduce", "nn", "movement", "index", "rnn", "control", "misc",
+            "layout", "fused")
 
 
 def load_all() -> None:

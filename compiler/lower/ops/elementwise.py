@@ -219,20 +219,23 @@ SCALAR: dict[Op, Scalar] = {
 }
 
 
+def elementwise_expr(op: Op, attrs: Attrs, operands: Operands, out_dtype: DType) -> Expr:
+    """One output element of elementwise ``op`` from its operands' elements (None for absent
+    optional inputs), each cast to the op's compute type, rounded to ``out_dtype``."""
+    spec = SCALAR[op]
+    values = [None if x is None else x.cast(spec.compute(x.dtype)) for x in operands]
+    return spec.build(values, attrs).cast(out_dtype)
+
+
 @lowering(*SCALAR)
 def lower_elementwise(ctx: LowerContext) -> list[Kernel]:
     """One kernel: for each output position, the op's expression of its operands' elements
     (numpy broadcasting), rounded to the output type."""
-    spec = SCALAR[ctx.op]
     out = ctx.output()
     operands = [ctx.input(i) if ctx.has_input(i) else None for i in range(len(ctx.inputs))]
 
     def body(index: list[Expr]) -> Stmt:
-        values = [
-            None if b is None else b.load(*broadcast_index(index, b)).cast(spec.compute(b.dtype))
-            for b in operands
-        ]
-        value = spec.build(values, ctx.attrs)
-        return out.store(index, value.cast(out.dtype))
+        values = [None if b is None else b.load(*broadcast_index(index, b)) for b in operands]
+        return out.store(index, elementwise_expr(ctx.op, ctx.attrs, values, out.dtype))
 
     return [ctx.kernel(loop_over(out.shape, body, "i", out.numel, vectorize=True))]

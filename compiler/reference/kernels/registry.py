@@ -71,7 +71,9 @@ def _load_kernels() -> None:
     from . import (  # noqa: F401 - importing registers the kernels
         control,
         elementwise,
+        fused,
         index,
+        layout,
         misc,
         movement,
         nn,

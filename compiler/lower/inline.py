@@ -1,0 +1,150 @@
+"""Kernel-IR transformations for inlining one node's computation into another's kernel.
+
+Fused groups (compiler/lower/ops/fused.py) are lowered by taking the kernel of the group's
+anchor and rewriting it:
+
+- ``substitute_loads``: every load of a chosen buffer becomes an expression of its indices
+  (an elementwise prologue computed where the anchor reads it);
+- ``substitute_stores``: every store to a chosen buffer becomes other statements (the
+  elementwise epilogue stored where the anchor writes its result);
+- ``accesses``: how often a kernel body stores to / loads from a buffer, which tells whether
+  the epilogue substitution is legal (one store and no load of the anchor's output).
+
+Rewrites keep sharing: an expression object reached twice is rewritten once, so the emitter
+(which memoizes by object) still computes it once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+
+from .kernel_ir import (
+    Assign,
+    Binary,
+    Block,
+    Cast,
+    Compare,
+    Declare,
+    Expr,
+    If,
+    Load,
+    Loop,
+    Report,
+    Select,
+    Stmt,
+    Store,
+    Unary,
+)
+
+LoadRewrite = Callable[[Load], Expr | None]
+StoreRewrite = Callable[[Store], Stmt | None]
+
+
+class Rewriter:
+    """Rebuilds statements and expressions, replacing loads and stores through callbacks
+    (returning None keeps the access, with its operands rewritten)."""
+
+    def __init__(self, on_load: LoadRewrite | None = None,
+                 on_store: StoreRewrite | None = None) -> None:
+        self.on_load = on_load
+        self.on_store = on_store
+        self.memo: dict[int, Expr] = {}
+
+    def expr(self, e: Expr) -> Expr:
+        found = self.memo.get(id(e))
+        if found is None:
+            found = self.memo[id(e)] = self._expr(e)
+        return found
+
+    def _expr(self, e: Expr) -> Expr:
+        if isinstance(e, Load):
+            load = Load(e.buffer, tuple(self.expr(i) for i in e.indices))
+            replaced = None if self.on_load is None else self.on_load(load)
+            return load if replaced is None else replaced
+        if isinstance(e, Unary):
+            return Unary(e.op, self.expr(e.x))
+        if isinstance(e, Binary):
+            return Binary(e.op, self.expr(e.a), self.expr(e.b))
+        if isinstance(e, Compare):
+            return Compare(e.op, self.expr(e.a), self.expr(e.b))
+        if isinstance(e, Select):
+            return Select(self.expr(e.cond), self.expr(e.a), self.expr(e.b))
+        if isinstance(e, Cast):
+            return Cast(self.expr(e.x), e.dtype)
+        return e  # Const, Var
+
+    def stmt(self, s: Stmt) -> Stmt:
+        if isinstance(s, Store):
+            store = Store(s.buffer, tuple(self.expr(i) for i in s.indices), self.expr(s.value))
+            replaced = None if self.on_store is None else self.on_store(store)
+            return store if replaced is None else replaced
+        if isinstance(s, Block):
+            return Block(tuple(self.stmt(inner) for inner in s.body))
+        if isinstance(s, Loop):
+            return replace(s, extent=self.expr(s.extent), body=self.stmt(s.body))
+        if isinstance(s, If):
+            return If(self.expr(s.cond), self.stmt(s.then),
+                      None if s.otherwise is None else self.stmt(s.otherwise))
+        if isinstance(s, Declare):
+            return Declare(s.var, self.expr(s.init))
+        if isinstance(s, Assign):
+            return Assign(s.var, self.expr(s.value))
+        assert isinstance(s, Report)
+        return s
+
+
+def substitute_loads(body: Stmt, replace_load: LoadRewrite) -> Stmt:
+    """``body`` with each load replaced by ``replace_load(load)`` where that is not None."""
+    return Rewriter(on_load=replace_load).stmt(body)
+
+
+def substitute_stores(body: Stmt, replace_store: StoreRewrite) -> Stmt:
+    """``body`` with each store replaced by ``replace_store(store)`` where that is not None."""
+    return Rewriter(on_store=replace_store).stmt(body)
+
+
+def walk(body: Stmt) -> Iterator[Stmt | Expr]:
+    """Every statement and expression of ``body`` once (shared parts are visited once)."""
+    stack: list[Stmt | Expr] = [body]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        yield node
+        if isinstance(node, Store):
+            stack.extend((*node.indices, node.value))
+        elif isinstance(node, Block):
+            stack.extend(node.body)
+        elif isinstance(node, Loop):
+            stack.extend((node.extent, node.body))
+        elif isinstance(node, If):
+            stack.extend((node.cond, node.then))
+            if node.otherwise is not None:
+                stack.append(node.otherwise)
+        elif isinstance(node, Declare):
+            stack.append(node.init)
+        elif isinstance(node, Assign):
+            stack.append(node.value)
+        elif isinstance(node, Load):
+            stack.extend(node.indices)
+        elif isinstance(node, Unary | Cast):
+            stack.append(node.x)
+        elif isinstance(node, Binary | Compare):
+            stack.extend((node.a, node.b))
+        elif isinstance(node, Select):
+            stack.extend((node.cond, node.a, node.b))
+
+
+def accesses(body: Stmt, buffer_name: str) -> tuple[int, int]:
+    """(stores, loads) of the buffer named ``buffer_name`` written in ``body`` (static count:
+    a store inside a loop counts once)."""
+    stores = loads = 0
+    for node in walk(body):
+        if isinstance(node, Store) and node.buffer.name == buffer_name:
+            stores += 1
+        elif isinstance(node, Load) and node.buffer.name == buffer_name:
+            loads += 1
+    return stores, loads

@@ -1,0 +1,247 @@
+"""Lowering of FUSED nodes: a fused group becomes one kernel by kernel-IR inlining.
+
+- ``elementwise`` groups: one loop nest over the group's output shape whose body stores every
+  output of the group, each the composition of its nodes' scalar expressions (operands read
+  with numpy broadcasting, every intermediate rounded to its own type as the unfused ops do).
+- groups with an anchor (a Conv, MatMul, Gemm, pool, reduction, normalization...): the anchor
+  is lowered by its own registered lowering on the fused node's buffers, then rewritten
+  (compiler/lower/inline.py):
+  (1) prologue: each load of a value made by an elementwise prologue node becomes that node's
+      expression at the loaded position (its operands loaded with broadcasting, recursively);
+  (2) epilogue: the anchor's single store ``out[idx] = v`` becomes stores of every epilogue
+      output at ``idx``, the epilogue's expression with ``v`` in place of the anchor's value.
+  (2) is legal only when the anchor stores its output exactly once and never reads it back;
+  otherwise the anchor writes a scratch buffer and the same kernel runs the epilogue as a
+  second loop nest over it (still one kernel, one more pass over memory).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+
+from ...ir.graph import Graph, Node
+from ...ir.op import Op
+from ...ir.rules.fused import retyped_body
+from ...ir.schema import op_def
+from ...ir.types import DType
+from ..inline import Rewriter, accesses, walk
+from ..kernel_ir import Block, Buffer, Const, Expr, Kernel, Load, Stmt, Store, as_expr
+from ..registry import LowerContext, lowering, lowering_for
+from .elementwise import SCALAR, elementwise_expr
+from .elementwise_scalar import loop_over
+
+
+def _broadcast(index: Sequence[Expr], shape: Sequence[int]) -> tuple[Expr, ...]:
+    """Indices into a value of ``shape`` read at output position ``index`` (numpy rules)."""
+    offset = len(index) - len(shape)
+    return tuple(Const(0, DType.I64) if extent == 1 else index[offset + axis]
+                 for axis, extent in enumerate(shape))
+
+
+def _static(value_shape: Sequence[object]) -> tuple[int, ...]:
+    return tuple(int(d) for d in value_shape)  # type: ignore[call-overload]
+
+
+class FusedGroup:
+    """The body of one FUSED node, with buffers bound to the node's, ready to be inlined."""
+
+    def __init__(self, ctx: LowerContext, body: Graph) -> None:
+        self.ctx = ctx
+        self.body = body
+        self.producers: dict[str, Node] = {}
+        self.consts: dict[str, np.ndarray] = body.constants()
+        for node in body.nodes:
+            if node.op is not Op.CONSTANT:
+                for value in node.outputs:
+                    if value is not None:
+                        self.producers[value.name] = node
+        self.buffers: dict[str, Buffer] = {
+            v.name: ctx.input(i) for i, v in enumerate(body.inputs)}
+        self.outputs: dict[str, Buffer] = {
+            v.name: ctx.output(k) for k, v in enumerate(body.outputs)}
+        anchors = [n for n in body.nodes if n.op is not Op.CONSTANT and n.op not in SCALAR]
+        if len(anchors) > 1:
+            raise ctx.fail(f"a fused body has at most one non-elementwise node, found "
+                           f"{', '.join(n.describe() for n in anchors)}")
+        self.anchor = anchors[0] if anchors else None
+        self.anchor_buffer: Buffer | None = None
+        self._memo: dict[tuple[object, ...], tuple[Sequence[Expr], Expr]] = {}
+
+    def element(self, name: str, index: Sequence[Expr], anchor_value: Expr | None = None) -> Expr:
+        """Body value ``name`` at position ``index`` (an index into its own shape); the
+        anchor's result is ``anchor_value`` when given, else read from its buffer."""
+        key = (name, id(anchor_value), *map(id, index))
+        found = self._memo.get(key)
+        if found is not None:
+            return found[1]
+        data = self.consts.get(name)
+        node = self.producers.get(name)
+        if data is not None:
+            value = self._constant(name, data)
+        elif node is not None and node is self.anchor and anchor_value is not None:
+            value = anchor_value
+        elif node is None or node is self.anchor:
+            buffer = self.buffers.get(name) if node is None else self.anchor_buffer
+            assert buffer is not None
+            value = buffer.load(*index)
+        else:
+            out = node.outputs[0]
+            assert out is not None
+            operands = [
+                None if v is None else self.element(v.name, _broadcast(index, v.type.shape),
+                                                    anchor_value)
+                for v in node.inputs
+            ]
+            value = elementwise_expr(node.op, op_def(node.op).with_defaults(node.attrs),
+                                     operands, out.type.dtype)
+        self._memo[key] = (index, value)  # the index kept alive, so its ids stay unique
+        return value
+
+    def _constant(self, name: str, data: np.ndarray) -> Expr:
+        if data.size != 1:
+            raise self.ctx.fail(f"body constant %{name} of {data.size} elements is read "
+                                "element-wise; only one-element constants may live in a body")
+        return as_expr(data.reshape(-1)[0].item(), DType.from_numpy(data.dtype))
+
+    def downstream_outputs(self) -> list[str]:
+        """Body outputs computed from the anchor's result by the epilogue."""
+        assert self.anchor is not None
+        reached = {v.name for v in self.anchor.outputs if v is not None}
+        for node in self.body.nodes:
+            if node is not self.anchor and any(v is not None and v.name in reached
+                                               for v in node.inputs):
+                reached.update(v.name for v in node.outputs if v is not None)
+        anchor_out = self.anchor.outputs[0]
+        assert anchor_out is not None
+        return [v.name for v in self.body.outputs if v.name in reached
+                and v.name != anchor_out.name]
+
+    def store_all(self, names: Sequence[str], index: Sequence[Expr],
+                  anchor_value: Expr | None = None) -> list[Stmt]:
+        return [Store(self.outputs[n], tuple(index), self.element(n, index, anchor_value))
+                for n in names]
+
+
+@lowering(Op.FUSED)
+def lower_fused(ctx: LowerContext) -> list[Kernel]:
+    body: Graph = ctx.attr("body")
+    types = [v.type.with_shape(ctx.input(i).shape) for i, v in enumerate(body.inputs)]
+    if any(v.type != t for v, t in zip(body.inputs, types, strict=True)):
+        body = retyped_body(body, types)
+    group = FusedGroup(ctx, body)
+    sources = tuple(n.name for n in body.nodes if n.op is not Op.CONSTANT and n.name)
+    kernels = _elementwise(group) if group.anchor is None else _anchored(group)
+    return [replace(k, source=sources or k.source) for k in kernels]
+
+
+def _elementwise(group: FusedGroup) -> list[Kernel]:
+    """One loop nest over the (common) output shape storing every output of the group."""
+    ctx = group.ctx
+    names = [v.name for v in group.body.outputs]
+    shape = _static(group.body.outputs[0].type.shape)
+    for value in group.body.outputs:
+        if _static(value.type.shape) != shape:
+            raise ctx.fail(f"elementwise group output %{value.name} has shape "
+                           f"{list(value.type.shape)}, expected {list(shape)}")
+    nest = loop_over(shape, lambda index: Block(tuple(group.store_all(names, index))), "i",
+                     int(np.prod(shape)) * len(names), vectorize=True)
+    return [ctx.kernel(nest)]
+
+
+def _anchored(group: FusedGroup) -> list[Kernel]:
+    ctx, anchor = group.ctx, group.anchor
+    assert anchor is not None
+    present = [v for v in anchor.outputs if v is not None]
+    if len(present) != 1:
+        raise ctx.fail(f"the anchor {anchor.describe()} of a fused group must have one output")
+    result = present[0]
+    virtual: dict[str, Buffer] = {}
+
+    def buffer(name: str, dtype: DType, shape: Sequence[object]) -> Buffer:
+        found = group.buffers.get(name) or group.outputs.get(name)
+        if found is None:
+            found = virtual[name] = Buffer(name, dtype, _static(shape))
+        return found
+
+    inputs = [None if v is None else buffer(v.name, v.type.dtype, v.type.shape)
+              for v in anchor.inputs]
+    out = buffer(result.name, result.type.dtype, result.type.shape)
+    group.anchor_buffer = out
+    actx = LowerContext(
+        anchor, op_def(anchor.op).with_defaults(anchor.attrs), inputs,
+        [None if v is None else out for v in anchor.outputs],
+        [None if v is None else group.consts.get(v.name) for v in anchor.inputs],
+        f"{ctx.name}_{anchor.op.value}",
+    )
+    fn = lowering_for(anchor.op)
+    if fn is None:
+        raise ctx.fail(f"no lowering for the anchor {anchor.describe()}")
+    kernels = fn(actx)
+    ctx.scratch_buffers.extend(actx.scratch_buffers)
+
+    def prologue(load: Load) -> Expr | None:
+        name = load.buffer.name
+        if name in group.consts or (name in group.producers and name != result.name):
+            return group.element(name, load.indices)
+        return None
+
+    bodies = [Rewriter(on_load=prologue).stmt(k.body) for k in kernels]
+    epilogue = group.downstream_outputs()
+    if epilogue:
+        counts = [accesses(b, out.name) for b in bodies]
+        if sum(s for s, _ in counts) == 1 and sum(n for _, n in counts) == 0:
+            bodies = [_inline_epilogue(group, b, out, epilogue, result.name) for b in bodies]
+        else:
+            bodies[-1] = _separate_epilogue(group, bodies, out, epilogue)
+            bodies[:-1] = [_rename(b, out, group.anchor_buffer) for b in bodies[:-1]]
+    made = [ctx.kernel(b, outputs=ctx.outputs) for b in bodies]
+    _check_bound(ctx, made)
+    return made
+
+
+def _inline_epilogue(group: FusedGroup, body: Stmt, out: Buffer, names: Sequence[str],
+                     result: str) -> Stmt:
+    def store(s: Store) -> Stmt | None:
+        if s.buffer.name != out.name:
+            return None
+        kept = [s] if result in group.outputs else []
+        return Block((*kept, *group.store_all(names, s.indices, s.value)))
+
+    return Rewriter(on_store=store).stmt(body)
+
+
+def _separate_epilogue(group: FusedGroup, bodies: list[Stmt], out: Buffer,
+                       names: Sequence[str]) -> Stmt:
+    """The last anchor kernel writing the anchor's result to a real buffer (scratch unless it
+    is an output), followed by the epilogue loop nest over that buffer."""
+    ctx = group.ctx
+    target = out
+    if out.name not in {b.name for b in ctx.outputs if b is not None}:
+        target = ctx.scratch("anchor", out.dtype, out.shape)
+    group.anchor_buffer = target
+    shape = out.shape
+    nest = loop_over(shape, lambda index: Block(tuple(group.store_all(names, index))), "epi",
+                     max(1, int(np.prod(shape))) * len(names), vectorize=True)
+    return Block((_rename(bodies[-1], out, target), nest))
+
+
+def _rename(body: Stmt, old: Buffer, new: Buffer) -> Stmt:
+    if old.name == new.name:
+        return body
+    return Rewriter(
+        on_load=lambda ld: Load(new, ld.indices) if ld.buffer.name == old.name else None,
+        on_store=lambda s: Store(new, s.indices, s.value) if s.buffer.name == old.name else None,
+    ).stmt(body)
+
+
+def _check_bound(ctx: LowerContext, kernels: Sequence[Kernel]) -> None:
+    """Every buffer a kernel touches is one of its parameters (no body value left over)."""
+    for kernel in kernels:
+        params = {b.name for b in kernel.params}
+        for node in walk(kernel.body):
+            if isinstance(node, Load | Store) and node.buffer.name not in params:
+                raise ctx.fail(f"fused kernel {kernel.name} still accesses body value "
+                               f"%{node.buffer.name} (an unsupported fusion pattern)")
