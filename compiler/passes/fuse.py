@@ -185,10 +185,34 @@ class _Fuser:
                 self.add_group(_Group("elementwise", members))
 
     def add_group(self, group: _Group) -> None:
+        if self.makes_cycle(group.members):
+            return
         group.order = sorted(group.members)
         for i in group.members:
             self.assigned[i] = len(self.groups)
         self.groups.append(group)
+
+    def makes_cycle(self, members: set[int]) -> bool:
+        """Whether some path leaves ``members`` and comes back once the groups made so far
+        are contracted to single nodes (each group is cycle-free with the original graph, but
+        two groups may each read what the other computes)."""
+        stack = [c for i in members for v in self.nodes[i].outputs if v is not None
+                 for c in self.uses(v) if c not in members]
+        seen: set[int] = set()
+        while stack:
+            i = stack.pop()
+            if i in seen:
+                continue
+            if i in members:
+                return True
+            seen.add(i)
+            group = self.assigned.get(i)
+            reached = self.groups[group].members if group is not None else {i}
+            for j in reached:
+                seen.add(j)
+                stack.extend(c for v in self.nodes[j].outputs if v is not None
+                             for c in self.uses(v))
+        return False
 
 
 def fuse_operators(graph: Graph) -> Graph:

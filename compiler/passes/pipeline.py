@@ -6,8 +6,8 @@ returning the same object when it changes nothing) and the lowest -O level that 
     -O0  fold_constants, dead_code                  the debuggable baseline: no fusion, no
                                                     layout change
     -O1  + simplify, cse, fold_batchnorm            local cleanups
-    -O2  + fusion                                   (the default)
-    -O3  + layout selection
+    -O2  + fuse (operator fusion)                   (the default)
+    -O3  + select_layout (blocked layouts; it runs before fuse, which must see the Convs)
 
 ``optimize`` can print the IR after chosen passes, stop after one, verify the IR after each
 (tests do), and records a ``PassStats`` row per pass run.
@@ -53,7 +53,6 @@ PASSES: tuple[PassEntry, ...] = (
     # ---- global passes, after the local ones (their owners add one line each) ----
     PassEntry("select_layout", select_layout, 3),  # before fusion: it must see the Convs
     PassEntry("fuse", fuse_operators, 2),
-    # layout, -O3:          PassEntry("select_layout", select_layout, 3),
 )
 
 

@@ -255,3 +255,25 @@ def test_random_elementwise_chains(shape: tuple[int, ...], steps: list[tuple[Op,
     assert structure(fused) == [("elementwise", [op.value for op, _ in steps], 1)]
     np.testing.assert_array_equal(reference.run(fused, inputs)[0],
                                   reference.run(graph, inputs)[0])
+
+
+def test_groups_that_would_read_each_other_are_not_both_made(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With groups of at most 3 nodes, {mm1, relu, add} reads mm2 while {mm2, mul} would read
+    relu: contracting both would make a cycle, so the second group is not made."""
+    import kiln.compiler.passes.fuse as fuse
+
+    monkeypatch.setattr(fuse, "MAX_GROUP_NODES", 3)
+    b = GraphBuilder()
+    (x, z), data = _inputs(b, x=(2, 4), z=(2, 3))
+    a1 = b.add1(Op.MATMUL, [x, b.constant(_data((4, 4)))], name="mm1")
+    v = b.add1(Op.RELU, [a1], name="relu")
+    a2 = b.add1(Op.MATMUL, [z, b.constant(_data((3, 4)))], name="mm2")
+    m = b.add1(Op.ADD, [v, a2], name="add")
+    q = b.add1(Op.MUL, [a2, v], name="mul")
+    graph = b.finish([m, q])
+    fused = fuse_operators(graph)
+    check_fused_graph(fused)
+    assert structure(fused) == [("epilogue", ["matmul", "relu", "add"], 2)]
+    for e, g in zip(reference.run(graph, data), reference.run(fused, data), strict=True):
+        np.testing.assert_array_equal(g, e)

@@ -41,8 +41,8 @@ def _broadcast(index: Sequence[Expr], shape: Sequence[int]) -> tuple[Expr, ...]:
                  for axis, extent in enumerate(shape))
 
 
-def _static(value_shape: Sequence[object]) -> tuple[int, ...]:
-    return tuple(int(d) for d in value_shape)  # type: ignore[call-overload]
+def _static(shape: Sequence[int | str]) -> tuple[int, ...]:
+    return tuple(int(d) for d in shape)
 
 
 class FusedGroup:
@@ -91,8 +91,8 @@ class FusedGroup:
             out = node.outputs[0]
             assert out is not None
             operands = [
-                None if v is None else self.element(v.name, _broadcast(index, v.type.shape),
-                                                    anchor_value)
+                None if v is None else self.element(
+                    v.name, _broadcast(index, _static(v.type.shape)), anchor_value)
                 for v in node.inputs
             ]
             value = elementwise_expr(node.op, op_def(node.op).with_defaults(node.attrs),
@@ -160,7 +160,7 @@ def _anchored(group: FusedGroup) -> list[Kernel]:
     result = present[0]
     virtual: dict[str, Buffer] = {}
 
-    def buffer(name: str, dtype: DType, shape: Sequence[object]) -> Buffer:
+    def buffer(name: str, dtype: DType, shape: Sequence[int | str]) -> Buffer:
         found = group.buffers.get(name) or group.outputs.get(name)
         if found is None:
             found = virtual[name] = Buffer(name, dtype, _static(shape))
@@ -197,7 +197,8 @@ def _anchored(group: FusedGroup) -> list[Kernel]:
         else:
             bodies[-1] = _separate_epilogue(group, bodies, out, epilogue)
             bodies[:-1] = [_rename(b, out, group.anchor_buffer) for b in bodies[:-1]]
-    made = [ctx.kernel(b, outputs=ctx.outputs) for b in bodies]
+    outputs = [b for b in ctx.outputs if b is not None]
+    made = [ctx.kernel(b, outputs=outputs) for b in bodies]
     _check_bound(ctx, made)
     return made
 

@@ -2,13 +2,15 @@
 
 ConvNCHWc is the reason blocked layouts exist. One parallel iteration computes one output row
 ``out[n, ocb, oh, :, :]`` (OW pixels x b lanes, a few KiB that stay in L1): the row starts as
-the bias, then for every input-channel block, kernel row, kernel column and input lane it adds
-``x[n, icb, ih, iw, ci] * w[ocb, icb, kh, kw, ci, :]`` to each pixel's b lanes. The innermost
-loop runs over the b output-channel lanes, contiguous in both the weights and the output, so it
-is one vector multiply-add per pixel with the weight vector held in a register across the pixel
-loop. Padding never loads: the kernel columns are unrolled at lowering time, which turns the
-valid pixel range of each column into a constant loop range, and a kernel row outside the
-input is skipped by one guard per row.
+the bias, then for every input-channel block, kernel row, kernel column, output pixel and input
+lane it adds ``x[n, icb, ih, iw, ci] * w[ocb, icb, kh, kw, ci, :]`` to the pixel's b lanes. The
+innermost loop runs over the b output-channel lanes, contiguous in both the weights and the
+output: one vector multiply-add per input lane, the pixel's b accumulators staying in a
+register across the input lanes. The input lanes sit inside the pixel loop on purpose: with the
+pixel loop innermost but one, LLVM fully unrolls short rows (OW = 7 or 14) and then vectorizes
+across pixels with gathers and scatters, 10x slower. Padding never loads: the kernel columns
+are unrolled at lowering time, which turns the valid pixel range of each column into a constant
+loop range, and a kernel row outside the input is skipped by one guard per row.
 """
 
 from __future__ import annotations
