@@ -276,6 +276,8 @@ _RULES: dict[Op, Callable[[_Shapes], tuple[str, int]]] = {
     Op.QLINEAR_CONV: lambda s: ("conv", 2 * s.out_numel() * math.prod(s.input(3)[1:])),
     Op.DEFORM_CONV: _conv,
     Op.CONV_TRANSPOSE: _conv_transpose,
+    # blocked weights [OC/b, IC/b, KH, KW, b_ic, b_oc]: one output lane sums IC/b*KH*KW*b_ic terms
+    Op.CONV_NCHWC: lambda s: ("conv", 2 * s.out_numel() * math.prod(s.input(1)[1:5])),
     Op.MATMUL: _matmul,
     Op.MATMUL_INTEGER: _matmul,
     Op.QLINEAR_MATMUL: lambda s: ("matmul", 2 * s.out_numel() * s.input(0)[-1]),
