@@ -1,5 +1,5 @@
 """The nine real-architecture "light" models shipped with onnx match their expected outputs,
-through the reference executor and through the compiled library (``build(...).run``).
+through the reference executor and through the compiled library at -O3 (``build(...).run``).
 Inputs and tolerances: see light.py.
 """
 
@@ -28,7 +28,7 @@ def test_light_model(name: str, engine: str) -> None:
         from kiln.compiler import build
 
         shapes = {k: v.shape for k, v in inputs.items()}
-        outputs = build(graph, input_shapes=shapes).run(inputs)
+        outputs = build(graph, input_shapes=shapes, opt_level=3).run(inputs)
     else:
         outputs = reference.run(graph, inputs)
     rtol, atol = MODELS[name]
