@@ -35,6 +35,7 @@ from .kernel_ir import (
     Stmt,
     Store,
     Unary,
+    Var,
 )
 
 LoadRewrite = Callable[[Load], Expr | None]
@@ -43,13 +44,19 @@ StoreRewrite = Callable[[Store], Stmt | None]
 
 class Rewriter:
     """Rebuilds statements and expressions, replacing loads and stores through callbacks
-    (returning None keeps the access, with its operands rewritten)."""
+    (returning None keeps the access, with its operands rewritten) and renaming variables
+    (loop indices and locals) through ``on_var``."""
 
     def __init__(self, on_load: LoadRewrite | None = None,
-                 on_store: StoreRewrite | None = None) -> None:
+                 on_store: StoreRewrite | None = None,
+                 on_var: Callable[[Var], Var] | None = None) -> None:
         self.on_load = on_load
         self.on_store = on_store
+        self.on_var = on_var
         self.memo: dict[int, Expr] = {}
+
+    def var(self, v: Var) -> Var:
+        return v if self.on_var is None else self.on_var(v)
 
     def expr(self, e: Expr) -> Expr:
         found = self.memo.get(id(e))
@@ -72,7 +79,9 @@ class Rewriter:
             return Select(self.expr(e.cond), self.expr(e.a), self.expr(e.b))
         if isinstance(e, Cast):
             return Cast(self.expr(e.x), e.dtype)
-        return e  # Const, Var
+        if isinstance(e, Var):
+            return self.var(e)
+        return e  # Const
 
     def stmt(self, s: Stmt) -> Stmt:
         if isinstance(s, Store):
@@ -82,14 +91,15 @@ class Rewriter:
         if isinstance(s, Block):
             return Block(tuple(self.stmt(inner) for inner in s.body))
         if isinstance(s, Loop):
-            return replace(s, extent=self.expr(s.extent), body=self.stmt(s.body))
+            return replace(s, var=self.var(s.var), extent=self.expr(s.extent),
+                           body=self.stmt(s.body))
         if isinstance(s, If):
             return If(self.expr(s.cond), self.stmt(s.then),
                       None if s.otherwise is None else self.stmt(s.otherwise))
         if isinstance(s, Declare):
-            return Declare(s.var, self.expr(s.init))
+            return Declare(self.var(s.var), self.expr(s.init))
         if isinstance(s, Assign):
-            return Assign(s.var, self.expr(s.value))
+            return Assign(self.var(s.var), self.expr(s.value))
         assert isinstance(s, Report)
         return s
 

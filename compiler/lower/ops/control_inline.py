@@ -29,24 +29,14 @@ from ...ir.graph import Graph, Value
 from ...ir.types import DType, TensorType
 from ...passes.specialize import copy_nodes
 from ..from_graph import LoweredGraph, lower_graph
+from ..inline import Rewriter
 from ..kernel_ir import (
-    Assign,
-    Binary,
     Block,
     Buffer,
-    Cast,
-    Compare,
     Const,
-    Declare,
     Expr,
-    If,
-    Load,
-    Loop,
-    Report,
-    Select,
     Stmt,
     Store,
-    Unary,
     Var,
     as_expr,
     block,
@@ -141,8 +131,9 @@ class InlinedBody:
         for step in lowered.steps:
             for buffer in step.scratch:
                 self._scratch(buffer)
+        rewrite = self.rewriter()
         self.stmts: list[Stmt] = [
-            self.stmt(kernel.body) for step in lowered.steps for kernel in step.kernels
+            rewrite.stmt(kernel.body) for step in lowered.steps for kernel in step.kernels
         ]
         self.own_inputs = own_inputs
 
@@ -192,41 +183,15 @@ class InlinedBody:
     def var(self, var: Var) -> Var:
         return Var(self.prefix + var.name, var.dtype)
 
-    def expr(self, e: Expr) -> Expr:
-        if isinstance(e, Load):
-            return self.value(e.buffer.name, tuple(self.expr(i) for i in e.indices))
-        if isinstance(e, Var):
-            return self.var(e)
-        if isinstance(e, Unary):
-            return Unary(e.op, self.expr(e.x))
-        if isinstance(e, Binary):
-            return Binary(e.op, self.expr(e.a), self.expr(e.b))
-        if isinstance(e, Compare):
-            return Compare(e.op, self.expr(e.a), self.expr(e.b))
-        if isinstance(e, Select):
-            return Select(self.expr(e.cond), self.expr(e.a), self.expr(e.b))
-        if isinstance(e, Cast):
-            return Cast(self.expr(e.x), e.dtype)
-        return e
-
-    def stmt(self, s: Stmt) -> Stmt:
-        if isinstance(s, Store):
-            return Store(self.buffer(s.buffer.name), tuple(self.expr(i) for i in s.indices),
-                         self.expr(s.value))
-        if isinstance(s, Block):
-            return Block(tuple(self.stmt(inner) for inner in s.body))
-        if isinstance(s, Loop):
-            return replace(s, var=self.var(s.var), extent=self.expr(s.extent),
-                           body=self.stmt(s.body))
-        if isinstance(s, If):
-            return If(self.expr(s.cond), self.stmt(s.then),
-                      None if s.otherwise is None else self.stmt(s.otherwise))
-        if isinstance(s, Declare):
-            return Declare(self.var(s.var), self.expr(s.init))
-        if isinstance(s, Assign):
-            return Assign(self.var(s.var), self.expr(s.value))
-        assert isinstance(s, Report)
-        return s
+    def rewriter(self) -> Rewriter:
+        """Maps the lowered body's kernels into this kernel: body values read through their
+        bindings, buffers to this kernel's, variables prefixed with the node's name."""
+        return Rewriter(
+            on_load=lambda load: self.value(load.buffer.name, load.indices),
+            on_store=lambda store: Store(self.buffer(store.buffer.name), store.indices,
+                                         store.value),
+            on_var=self.var,
+        )
 
     def body(self) -> Block:
         return block(self.stmts)
