@@ -16,13 +16,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nodegraph import node_graph
 
 from kiln.compiler import build, reference
-from kiln.compiler.ir.builder import GraphBuilder
-from kiln.compiler.ir.graph import Graph
 from kiln.compiler.ir.op import Group, Op
 from kiln.compiler.ir.schema import ops_in
-from kiln.compiler.ir.types import DType, TensorType
+from kiln.compiler.ir.types import DType
 from kiln.compiler.lower.from_graph import interpret_lowered, lower_graph
 from kiln.compiler.lower.kernel_ir import Block, Loop, LoopKind, Stmt
 from kiln.compiler.lower.registry import lowering_for
@@ -57,20 +56,6 @@ def assert_matches(actual: np.ndarray, expected: np.ndarray,
         np.testing.assert_array_equal(actual, expected)
 
 
-def node_graph(op: Op, inputs: Sequence[np.ndarray | None], attrs: Mapping[str, Any] | None,
-               consts: Sequence[int] = ()) -> tuple[Graph, dict[str, np.ndarray]]:
-    """A graph of one ``op`` node; inputs listed in ``consts`` become constants."""
-    builder = GraphBuilder(fold=False)
-    values, feeds = [], {}
-    for index, array in enumerate(inputs):
-        if array is None:
-            values.append(None)
-        elif index in consts:
-            values.append(builder.constant(array))
-        else:
-            values.append(builder.add_input(f"in{index}", TensorType.of(array)))
-            feeds[f"in{index}"] = array
-    return builder.finish([builder.add1(op, values, attrs)]), feeds
 
 
 def check_node(op: Op, inputs: Sequence[np.ndarray | None],

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_lower_movement import check_compiled, check_node, data, i64, node_graph
+from nodegraph import node_graph
+from test_lower_movement import check_compiled, check_node, data, i64
 
 from kiln.compiler import build
 from kiln.compiler.errors import KilnError

@@ -20,13 +20,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nodegraph import node_graph
 
 from kiln.compiler import build, reference
 from kiln.compiler.errors import KilnError
-from kiln.compiler.ir.builder import GraphBuilder
-from kiln.compiler.ir.graph import Graph
 from kiln.compiler.ir.op import Op
-from kiln.compiler.ir.types import DType, TensorType
+from kiln.compiler.ir.types import DType
 from kiln.compiler.lower.from_graph import interpret_lowered, lower_graph
 from kiln.compiler.lower.kernel_ir import Loop, LoopKind, Stmt
 
@@ -39,21 +38,6 @@ TOLERANCE = {np.dtype(np.float16): (2e-3, 2e-3), BF16: (1.6e-2, 1e-2),
              np.dtype(np.float32): (1e-5, 1e-5), np.dtype(np.float64): (1e-12, 1e-12)}
 
 
-def node_graph(op: Op, inputs: Sequence[np.ndarray | None], attrs: Mapping[str, Any] | None,
-               consts: Sequence[int] = (), outputs: int = 1) -> tuple[Graph, dict[str, Any]]:
-    """A graph of one ``op`` node; inputs listed in ``consts`` become constants."""
-    builder = GraphBuilder(fold=False)
-    values, feeds = [], {}
-    for index, array in enumerate(inputs):
-        if array is None:
-            values.append(None)
-        elif index in consts:
-            values.append(builder.constant(array))
-        else:
-            values.append(builder.add_input(f"in{index}", TensorType.of(array)))
-            feeds[f"in{index}"] = array
-    results = builder.add(op, values, attrs, outputs=outputs)
-    return builder.finish([v for v in results if v is not None]), feeds
 
 
 def assert_matches(actual: np.ndarray, expected: np.ndarray) -> None:

@@ -155,6 +155,14 @@ def lower_tile(ctx: LowerContext) -> list[Kernel]:
     return [ctx.kernel(loops(extents, body, "t"), inputs=[data])]
 
 
+def _blocked_channel(dcr: bool, ch: Expr, ky: Expr, kx: Expr, k: int, c: int) -> Expr:
+    """The deep-side channel of spatial offset (ky, kx) of shallow channel ``ch``: DCR puts the
+    offset outermost, CRD the channel."""
+    if dcr:
+        return affine([(ky, k * c), (kx, c), (ch, 1)])
+    return affine([(ch, k * k), (ky, k), (kx, 1)])
+
+
 @lowering(Op.DEPTH_TO_SPACE)
 def lower_depth_to_space(ctx: LowerContext) -> list[Kernel]:
     data, out = ctx.input(0), ctx.output()
@@ -164,8 +172,7 @@ def lower_depth_to_space(ctx: LowerContext) -> list[Kernel]:
 
     def body(v: list[Expr]) -> Stmt:
         b, ch, y, ky, x, kx = v
-        channel = (affine([(ky, k * c), (kx, c), (ch, 1)]) if dcr
-                   else affine([(ch, k * k), (ky, k), (kx, 1)]))
+        channel = _blocked_channel(dcr, ch, ky, kx, k, c)
         return out.store([b, ch, affine([(y, k), (ky, 1)]), affine([(x, k), (kx, 1)])],
                          data.load(b, channel, y, x))
 
@@ -181,8 +188,7 @@ def lower_space_to_depth(ctx: LowerContext) -> list[Kernel]:
 
     def body(v: list[Expr]) -> Stmt:
         b, ky, kx, ch, y, x = v
-        channel = (affine([(ky, k * c), (kx, c), (ch, 1)]) if dcr
-                   else affine([(ch, k * k), (ky, k), (kx, 1)]))
+        channel = _blocked_channel(dcr, ch, ky, kx, k, c)
         return out.store([b, channel, y, x],
                          data.load(b, ch, affine([(y, k), (ky, 1)]), affine([(x, k), (kx, 1)])))
 
