@@ -126,9 +126,9 @@ def build(
     pass_rows: list[PassStats] = []
     optimized = phase("optimize", lambda: optimize(
         static, opt_level, print_after=print_ir_after, print_after_all=print_ir_after_all,
-        verify_each=verify_each, stats=pass_rows, out=ir_out,
+        verify_each=verify_each, stats=pass_rows, out=ir_out, machine=machine.machine(),
     ))
-    lowered = phase("lower", lower_graph, optimized)
+    lowered = phase("lower", lower_graph, optimized, machine.machine())
     plan: Plan = phase("plan", make_plan, lowered)
     names = ([v.name for v in static.inputs], list(plan.output_names))
     external = weights == "external"

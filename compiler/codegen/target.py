@@ -8,12 +8,14 @@ triple (with the architecture's baseline CPU and features unless given).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cache
 
 import llvmlite.binding as llvm
 
 from ..errors import KilnError
+from ..machine import Machine
 
 
 class CodegenError(KilnError):
@@ -73,6 +75,19 @@ def _vector_bits(arch: str, cpu: str, features: str) -> int:
             return 128
         return 64 if arch == "riscv64" else 32
     return 64 if _pointer_bits(arch) == 64 else 32
+
+
+def _cache_sizes() -> tuple[int, int]:
+    """Per-core L1 data and L2 cache bytes of this machine (defaults where unknown)."""
+    sizes = []
+    for name, default in (("SC_LEVEL1_DCACHE_SIZE", 32 * 1024), ("SC_LEVEL2_CACHE_SIZE",
+                                                                  512 * 1024)):
+        try:
+            found = os.sysconf(name)
+        except (ValueError, OSError):
+            found = 0
+        sizes.append(found if found > 0 else default)
+    return sizes[0], sizes[1]
 
 
 def _pointer_bits(arch: str) -> int:
@@ -145,6 +160,12 @@ class Target:
         host = _enabled(llvm.get_host_cpu_features().flatten())
         wanted = _enabled(self.features) | _CPU_FEATURES.get(self.cpu, set())
         return wanted <= host
+
+    def machine(self) -> Machine:
+        """The cost model's view of this target (host: cache sizes as the OS reports them)."""
+        wide = self.arch in ("aarch64", "arm64") or self.vector_bits >= 512
+        l1, l2 = _cache_sizes() if self.is_host else (32 * 1024, 512 * 1024)
+        return Machine(self.vector_bits, 32 if wide else 16, l1, l2)
 
     @property
     def is_gpu(self) -> bool:

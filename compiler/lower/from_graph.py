@@ -16,6 +16,8 @@ from ..errors import KilnError
 from ..ir.graph import Graph, Node, Value
 from ..ir.op import Op
 from ..ir.schema import op_def
+from ..ir.types import DType
+from ..machine import DEFAULT_MACHINE, Machine
 from .interpret import run_kernel
 from .kernel_ir import Buffer, Kernel
 from .registry import LowerContext, LoweringError, lowering_for
@@ -51,8 +53,9 @@ def buffer_of(value: Value) -> Buffer:
     return Buffer(value.name, value.type.dtype, tuple(int(d) for d in value.type.shape))
 
 
-def lower_graph(graph: Graph) -> LoweredGraph:
-    """Lower every node of a static graph; raises naming the first node that cannot be."""
+def lower_graph(graph: Graph, machine: Machine = DEFAULT_MACHINE) -> LoweredGraph:
+    """Lower every node of a static graph for ``machine``; raises naming the first node that
+    cannot be."""
     buffers: dict[str, Buffer] = {v.name: buffer_of(v) for v in graph.inputs}
     constants: dict[str, np.ndarray] = {}
     constant_nodes: dict[str, Node] = {}
@@ -87,8 +90,12 @@ def lower_graph(graph: Graph) -> LoweredGraph:
             [None if v is None else buffers[v.name] for v in node.outputs],
             [None if v is None else constants.get(v.name) for v in node.inputs],
             f"k{index}_{node.op.value}",
+            machine,
         )
         kernels = fn(ctx)
+        for name, data in ctx.derived.items():
+            constants[name] = data
+            buffers[name] = Buffer(name, DType.from_numpy(data.dtype), tuple(data.shape))
         steps.append(LoweredNode(node, tuple(kernels), tuple(ctx.scratch_buffers)))
     return LoweredGraph(
         tuple(buffers[v.name] for v in graph.inputs),

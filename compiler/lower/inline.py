@@ -23,6 +23,7 @@ from .kernel_ir import (
     Assign,
     Binary,
     Block,
+    Buffer,
     Cast,
     Compare,
     Declare,
@@ -30,6 +31,7 @@ from .kernel_ir import (
     If,
     Load,
     Loop,
+    MatmulTile,
     Report,
     Select,
     Stmt,
@@ -44,15 +46,18 @@ StoreRewrite = Callable[[Store], Stmt | None]
 
 class Rewriter:
     """Rebuilds statements and expressions, replacing loads and stores through callbacks
-    (returning None keeps the access, with its operands rewritten) and renaming variables
-    (loop indices and locals) through ``on_var``."""
+    (returning None keeps the access, with its operands rewritten), renaming variables (loop
+    indices and locals) through ``on_var`` and the buffers of matmul tiles through
+    ``on_buffer``."""
 
     def __init__(self, on_load: LoadRewrite | None = None,
                  on_store: StoreRewrite | None = None,
-                 on_var: Callable[[Var], Var] | None = None) -> None:
+                 on_var: Callable[[Var], Var] | None = None,
+                 on_buffer: Callable[[Buffer], Buffer] | None = None) -> None:
         self.on_load = on_load
         self.on_store = on_store
         self.on_var = on_var
+        self.on_buffer = on_buffer
         self.memo: dict[int, Expr] = {}
 
     def var(self, v: Var) -> Var:
@@ -100,6 +105,13 @@ class Rewriter:
             return Declare(self.var(s.var), self.expr(s.init))
         if isinstance(s, Assign):
             return Assign(self.var(s.var), self.expr(s.value))
+        if isinstance(s, MatmulTile):
+            c, a, b = (self.expr(e) for e in s.offsets)
+            tile = replace(s, c_offset=c, a_offset=a, b_offset=b)
+            if self.on_buffer is not None:
+                tile = replace(tile, c=self.on_buffer(s.c), a=self.on_buffer(s.a),
+                               b=self.on_buffer(s.b))
+            return tile
         assert isinstance(s, Report)
         return s
 
@@ -146,6 +158,8 @@ def walk(body: Stmt) -> Iterator[Stmt | Expr]:
             stack.extend((node.a, node.b))
         elif isinstance(node, Select):
             stack.extend((node.cond, node.a, node.b))
+        elif isinstance(node, MatmulTile):
+            stack.extend(node.offsets)
 
 
 def accesses(body: Stmt, buffer_name: str) -> tuple[int, int]:
@@ -157,4 +171,8 @@ def accesses(body: Stmt, buffer_name: str) -> tuple[int, int]:
             stores += 1
         elif isinstance(node, Load) and node.buffer.name == buffer_name:
             loads += 1
+        elif isinstance(node, MatmulTile):
+            stores += node.c.name == buffer_name
+            loads += (node.accumulate and node.c.name == buffer_name) + sum(
+                x.name == buffer_name for x in (node.a, node.b))
     return stores, loads

@@ -31,6 +31,7 @@ from .kernel_ir import (
     Kernel,
     Load,
     Loop,
+    MatmulTile,
     Report,
     Select,
     Stmt,
@@ -179,9 +180,11 @@ class _Interpreter:
                 self.stmt(node.body, env)
             env.pop(node.var.name, None)
         elif isinstance(node, Store):
-            self.memory[node.buffer.name][self.position(node.buffer, node.indices, env)] = (
+            self.array(node.buffer)[self.position(node.buffer, node.indices, env)] = (
                 self.expr(node.value, env)
             )
+        elif isinstance(node, MatmulTile):
+            self.matmul_tile(node, env)
         elif isinstance(node, If):
             if self.expr(node.cond, env):
                 self.stmt(node.then, env)
@@ -197,6 +200,36 @@ class _Interpreter:
             env[node.var.name] = self.expr(node.value, env)
         else:
             raise ExecutionError(f"unknown statement {type(node).__name__}")
+
+    def array(self, buffer: Buffer) -> np.ndarray:
+        """The memory of ``buffer``, viewed in the shape the access uses (a flat view)."""
+        data = self.memory[buffer.name]
+        return data if data.shape == buffer.shape else data.reshape(buffer.shape)
+
+    def matmul_tile(self, tile: MatmulTile, env: dict[str, np.generic]) -> None:
+        """The tile by numpy on gathered operands (bounds-checked like every access)."""
+        c_at, a_at, b_at = (int(self.expr(e, env)) for e in tile.offsets)
+        a_k, b_k = np.zeros(1, np.int64), np.zeros(1, np.int64)
+        for axis in tile.axes:
+            steps = np.arange(axis.extent, dtype=np.int64)
+            a_k = (a_k[:, None] + steps * axis.a_stride).reshape(-1)
+            b_k = (b_k[:, None] + steps * axis.b_stride).reshape(-1)
+        rows, cols = np.arange(tile.rows), np.arange(tile.cols)
+        column = cols if tile.c_group <= 0 else (
+            cols // tile.c_group * tile.c_group_stride + cols % tile.c_group)
+        a_index = a_at + rows[:, None] * tile.a_row_stride + a_k[None, :]
+        b_index = b_at + b_k[:, None] + cols[None, :]
+        c_index = c_at + rows[:, None] * tile.c_row_stride + column[None, :]
+        flat = {}
+        for buffer, index in ((tile.a, a_index), (tile.b, b_index), (tile.c, c_index)):
+            data = self.memory[buffer.name].reshape(-1)
+            if index.size and (index.min() < 0 or index.max() >= data.size):
+                raise ExecutionError(f"matmul tile index out of bounds of {buffer.name}"
+                                     f"{list(buffer.shape)}")
+            flat[buffer.name] = data
+        c_data = flat[tile.c.name]
+        product = flat[tile.a.name][a_index] @ flat[tile.b.name][b_index]
+        c_data[c_index] = (c_data[c_index] + product) if tile.accumulate else product
 
     def position(self, buffer: Buffer, indices: tuple[Expr, ...], env: dict) -> tuple[int, ...]:  # type: ignore[type-arg]
         position = tuple(int(self.expr(i, env)) for i in indices)
@@ -216,7 +249,7 @@ class _Interpreter:
                 raise ExecutionError(f"variable {node.name} is not defined here")
             return env[node.name]
         if isinstance(node, Load):
-            return self.memory[node.buffer.name][self.position(node.buffer, node.indices, env)]  # type: ignore[no-any-return]
+            return self.array(node.buffer)[self.position(node.buffer, node.indices, env)]  # type: ignore[no-any-return]
         if isinstance(node, Unary):
             x = self.expr(node.x, env)
             return scalar(_unary(node.op, x, node.x.dtype), node.dtype)

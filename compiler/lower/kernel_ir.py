@@ -9,7 +9,10 @@ NVPTX (GPU) emitters read them. Everything is an immutable dataclass.
   is ``i64``. Python operators build expressions: ``i * 4 + j``, ``x.load(i, j) + 1.0``.
 - Statements (``Stmt``): ``Loop`` (annotated serial / parallel / vectorize / unroll, room for
   GPU block / thread binding), ``Store``, ``Block``, ``If``, ``Declare`` / ``Assign`` of scalar
-  locals (accumulators), ``Report`` of a run-time failure in the data.
+  locals (accumulators), ``Report`` of a run-time failure in the data, and ``MatmulTile``: a
+  register-blocked multiply-accumulate of a small output tile, the one statement that names a
+  schedule rather than scalar work (its meaning is the scalar loop nest ``expanded`` returns; CPU
+  code generation keeps the tile's accumulators in vector registers).
 
 Semantics of the operators (what every backend must implement):
 - ``div`` on floats is IEEE division; on integers it truncates toward zero (C, and ONNX Div);
@@ -313,6 +316,88 @@ class Report(Stmt):
     separately: a reported kernel must still never touch memory out of bounds."""
 
     message: str
+
+
+@dataclass(frozen=True)
+class ContractAxis:
+    """One axis of a ``MatmulTile``'s contraction: ``extent`` steps of ``a_stride`` elements in A
+    and ``b_stride`` elements in B."""
+
+    extent: int
+    a_stride: int
+    b_stride: int
+
+
+@dataclass(frozen=True, eq=False)
+class MatmulTile(Stmt):
+    """A ``rows`` x ``cols`` tile of C += A @ B on flat (row-major) element offsets::
+
+        C[c_offset + r * c_row_stride + col(j)] (=, or += when accumulate)
+            sum over k of A[a_offset + r * a_row_stride + sum_d k_d * axes[d].a_stride]
+                        * B[b_offset + sum_d k_d * axes[d].b_stride + j]
+
+    for r < rows, j < cols, the multi-index k over ``axes`` (outermost first). Columns are
+    contiguous in B; in C they are too unless ``c_group`` > 0, when column j lives at
+    ``(j // c_group) * c_group_stride + j % c_group`` (channel blocks of a blocked layout). The sum
+    starts from zero (or C) and adds the products in k order, each rounded (or fused) in f32.
+    Floats only; all three buffers are addressed flat whatever their shapes."""
+
+    c: Buffer
+    c_offset: Expr
+    c_row_stride: int
+    a: Buffer
+    a_offset: Expr
+    a_row_stride: int
+    b: Buffer
+    b_offset: Expr
+    rows: int
+    cols: int
+    axes: tuple[ContractAxis, ...]
+    accumulate: bool = False
+    c_group: int = 0
+    c_group_stride: int = 0
+
+    def __post_init__(self) -> None:
+        if not (self.a.dtype == self.b.dtype == self.c.dtype and self.c.dtype.is_float):
+            raise ValueError("a matmul tile multiplies floats of one type")
+        if self.rows < 1 or self.cols < 1:
+            raise ValueError("a matmul tile has at least one row and one column")
+
+    @property
+    def offsets(self) -> tuple[Expr, Expr, Expr]:
+        return (self.c_offset, self.a_offset, self.b_offset)
+
+    def column(self, j: ExprLike) -> Expr:
+        """The offset of column ``j`` from the start of a row of C."""
+        if self.c_group <= 0:
+            return as_index(j)
+        return as_index(j) // self.c_group * self.c_group_stride + as_index(j) % self.c_group
+
+    def expanded(self) -> Stmt:
+        """The scalar loop nest this tile means (for the interpreter and simple backends)."""
+        r, j = Var("tile_r"), Var("tile_j")
+        ks = [Var(f"tile_k{d}") for d in range(len(self.axes))]
+        a_at = self.a_offset + r * self.a_row_stride
+        b_at = self.b_offset + j
+        for k, axis in zip(ks, self.axes, strict=True):
+            a_at, b_at = a_at + k * axis.a_stride, b_at + k * axis.b_stride
+        c_flat, a_flat, b_flat = (flat_view(x) for x in (self.c, self.a, self.b))
+        c_at = self.c_offset + r * self.c_row_stride + self.column(j)
+        acc = Var("tile_acc", self.c.dtype)
+        step: Stmt = Assign(acc, acc + a_flat.load(a_at) * b_flat.load(b_at))
+        for k, axis in reversed(list(zip(ks, self.axes, strict=True))):
+            step = Loop(k, Const(axis.extent, DType.I64), step)
+        init = c_flat.load(c_at) if self.accumulate else Const(0.0, self.c.dtype)
+        element = Block((Declare(acc, init), step, c_flat.store([c_at], acc)))
+        return Loop(r, Const(self.rows, DType.I64),
+                    Loop(j, Const(self.cols, DType.I64), element))
+
+
+def flat_view(buffer: Buffer) -> Buffer:
+    """``buffer`` seen as one row-major dimension (same name: the same memory)."""
+    if buffer.strides is not None:
+        raise ValueError(f"buffer {buffer.name} has explicit strides; it has no flat view")
+    return Buffer(buffer.name, buffer.dtype, (buffer.numel,))
 
 
 @dataclass(frozen=True, eq=False)

@@ -19,6 +19,7 @@ from ..errors import KilnError
 from ..ir.graph import Node
 from ..ir.op import Op
 from ..ir.types import DType
+from ..machine import DEFAULT_MACHINE, Machine
 from .kernel_ir import Buffer, Kernel, Stmt
 
 Lowering = Callable[["LowerContext"], list[Kernel]]
@@ -71,6 +72,7 @@ class LowerContext:
         outputs: Sequence[Buffer | None],
         consts: Sequence[np.ndarray | None],
         name: str,
+        machine: Machine = DEFAULT_MACHINE,
     ) -> None:
         self.node = node
         self.op = node.op
@@ -79,7 +81,10 @@ class LowerContext:
         self.outputs = list(outputs)
         self.consts = list(consts)
         self.name = name
+        self.machine = machine
         self.scratch_buffers: list[Buffer] = []
+        # compile-time constants this node's lowering made (packed weights), by buffer name
+        self.derived: dict[str, np.ndarray] = {}
         self._kernel_count = 0
 
     def attr(self, name: str) -> Any:
@@ -112,6 +117,13 @@ class LowerContext:
                         tuple(int(d) for d in shape))
         self.scratch_buffers.append(buffer)
         return buffer
+
+    def derived_constant(self, name: str, data: np.ndarray) -> Buffer:
+        """A constant buffer computed at compile time (e.g. weights re-laid for a kernel);
+        ``name`` must identify the content (two nodes deriving the same data may share it)."""
+        data = np.ascontiguousarray(data)
+        self.derived[name] = data
+        return Buffer(name, DType.from_numpy(data.dtype), tuple(data.shape))
 
     def kernel(
         self,

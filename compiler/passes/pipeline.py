@@ -26,6 +26,7 @@ from ..ir.graph import Graph
 from ..ir.op import Op
 from ..ir.printer import print_graph
 from ..ir.verify import verify
+from ..machine import DEFAULT_MACHINE, Machine
 from .cse import cse
 from .dead_code import dead_code
 from .fold_batchnorm import fold_batchnorm
@@ -34,7 +35,12 @@ from .fuse import fuse_operators
 from .select_layout import select_layout
 from .simplify import simplify
 
-Pass = Callable[[Graph], Graph]
+Pass = Callable[[Graph, Machine], Graph]
+
+
+def _plain(fn: Callable[[Graph], Graph]) -> Pass:
+    """A pass that does not depend on the machine."""
+    return lambda graph, _machine: fn(graph)
 
 
 @dataclass(frozen=True)
@@ -45,14 +51,15 @@ class PassEntry:
 
 
 PASSES: tuple[PassEntry, ...] = (
-    PassEntry("fold_constants", fold_constants, 0),
-    PassEntry("simplify", simplify, 1),
-    PassEntry("cse", cse, 1),
-    PassEntry("fold_batchnorm", fold_batchnorm, 1),
-    PassEntry("dead_code", dead_code, 0),
+    PassEntry("fold_constants", _plain(fold_constants), 0),
+    PassEntry("simplify", _plain(simplify), 1),
+    PassEntry("cse", _plain(cse), 1),
+    PassEntry("fold_batchnorm", _plain(fold_batchnorm), 1),
+    PassEntry("dead_code", _plain(dead_code), 0),
     # ---- global passes, after the local ones (their owners add one line each) ----
-    PassEntry("select_layout", select_layout, 3),  # before fusion: it must see the Convs
-    PassEntry("fuse", fuse_operators, 2),
+    # before fusion: it must see the Convs
+    PassEntry("select_layout", lambda graph, machine: select_layout(graph, machine=machine), 3),
+    PassEntry("fuse", _plain(fuse_operators), 2),
 )
 
 
@@ -88,18 +95,20 @@ def optimize(
     verify_each: bool = False,
     stats: list[PassStats] | None = None,
     out: TextIO | None = None,
+    machine: Machine = DEFAULT_MACHINE,
 ) -> Graph:
     """Run the passes of ``opt_level`` on ``graph``. ``print_after`` names passes whose result
     is printed to ``out`` (default stderr; ``print_after_all``: every pass); ``stop_after``
     ends the pipeline after that pass; ``verify_each`` runs the IR verifier after each pass;
-    ``stats`` receives one ``PassStats`` per pass run."""
+    ``stats`` receives one ``PassStats`` per pass run; ``machine`` is the CPU that machine-aware
+    passes (layout selection) choose for."""
     entries = passes_for(opt_level)
     _check_names([*print_after, *([stop_after] if stop_after else [])], entries, opt_level)
     stream = out if out is not None else sys.stderr
     for entry in entries:
         before = graph
         start = time.perf_counter()
-        graph = entry.run(graph)
+        graph = entry.run(graph, machine)
         seconds = time.perf_counter() - start
         if verify_each:
             try:

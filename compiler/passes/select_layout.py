@@ -62,6 +62,7 @@ from ..ir.op import Op
 from ..ir.rules.layout import PLAIN, block_of, blocked_layout
 from ..ir.rules.nn_geometry import kernel_shape_of, resolve_window
 from ..ir.types import DType
+from ..machine import Machine
 from ..reference.kernels.layout import block_bias, block_weights, to_blocked
 
 # Elementwise ops with f(0, ..., 0) == 0: they keep a blocked tensor's padded channels zero.
@@ -75,8 +76,10 @@ DEFAULT_MIN_POINTWISE_CHANNELS = 32
 def select_layout(
     graph: Graph, block: int = DEFAULT_BLOCK,
     min_pointwise_channels: int = DEFAULT_MIN_POINTWISE_CHANNELS,
+    machine: Machine | None = None,
 ) -> Graph:
-    """``graph`` with eligible convolutions blocked (the same object when none is)."""
+    """``graph`` with eligible convolutions blocked (the same object when none is); the
+    ``machine`` (when given) is the CPU it chooses for."""
     walk = _Walk(graph, block, min_pointwise_channels)
     for node in graph.nodes:
         walk.visit(node)

@@ -85,7 +85,10 @@ def make_plan(lowered: LoweredGraph) -> Plan:
     locations: dict[str, Location] = {
         b.name: Location(Place.INPUT, i) for i, b in enumerate(lowered.inputs)
     }
-    names = sorted(lowered.constants)
+    # constants no kernel reads (weights a lowering re-laid into a derived constant) are dropped
+    read = {b.name for step in lowered.steps for k in step.kernels for b in k.params}
+    read.update(b.name for b in lowered.outputs)
+    names = sorted(n for n in lowered.constants if n in read)
     weights, weight_offsets = pack_weights([lowered.constants[n] for n in names])
     for name, offset in zip(names, weight_offsets, strict=True):
         locations[name] = Location(Place.WEIGHT, offset)

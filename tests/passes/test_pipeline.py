@@ -16,6 +16,7 @@ from kiln.compiler import build, reference
 from kiln.compiler.cli import main
 from kiln.compiler.errors import KilnError, VerificationError
 from kiln.compiler.ir.graph import Graph
+from kiln.compiler.machine import Machine
 from kiln.compiler.passes import pipeline
 from kiln.compiler.passes.pipeline import PassEntry, PassStats, format_stats, optimize, passes_for
 from kiln.frontends.onnx import load_onnx
@@ -131,7 +132,7 @@ def test_unknown_or_absent_pass_names_are_clear_errors() -> None:
 
 
 def test_verify_each_names_the_pass_that_broke_the_ir(monkeypatch: pytest.MonkeyPatch) -> None:
-    def drop_first_node(graph: Graph) -> Graph:
+    def drop_first_node(graph: Graph, _machine: Machine) -> Graph:
         return Graph(graph.name, graph.inputs, graph.nodes[1:], graph.outputs)
 
     monkeypatch.setattr(pipeline, "PASSES", (PassEntry("breaker", drop_first_node, 0),))

@@ -28,6 +28,7 @@ from ...lower.kernel_ir import (
     Kernel,
     Loop,
     LoopKind,
+    MatmulTile,
     Report,
     Stmt,
     Store,
@@ -37,6 +38,7 @@ from ...lower.kernel_ir import (
 from ..target import CodegenError, Target
 from . import math as fmath
 from .expr import ExprEmitter, constant, storage_type, store_value, value_type
+from .matmul_tile import emit_matmul_tile
 from .parallel import outline_parallel, stmt_exprs, walk_stmts
 
 PTR = ir.PointerType()
@@ -174,6 +176,8 @@ class FunctionEmitter(ExprEmitter):
             self._loop(node, env)
         elif isinstance(node, Report):
             self.report(node.message)
+        elif isinstance(node, MatmulTile):
+            emit_matmul_tile(self, node, env)
         else:
             raise CodegenError(f"kernel {self.kernel.name}: cannot compile {type(node).__name__}")
 
@@ -260,7 +264,7 @@ def vectorizable(body: Stmt) -> bool:
     (Report, libm functions), integer powers (a loop), or an accumulation into a local declared
     outside the loop (a float reduction, which must keep its order)."""
     statements = list(walk_stmts(body))
-    if any(isinstance(s, Loop | Report) for s in statements):
+    if any(isinstance(s, Loop | Report | MatmulTile) for s in statements):
         return False
     declared = {s.var.name for s in statements if isinstance(s, Declare)}
     if any(isinstance(s, Assign) and s.var.name not in declared for s in statements):

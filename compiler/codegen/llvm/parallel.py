@@ -34,6 +34,7 @@ from ...lower.kernel_ir import (
     If,
     Load,
     Loop,
+    MatmulTile,
     Select,
     Stmt,
     Store,
@@ -84,6 +85,8 @@ def stmt_exprs(node: Stmt) -> Iterator[Expr]:
         inner = (node.then,) if node.otherwise is None else (node.then, node.otherwise)
     elif isinstance(node, Declare | Assign):
         roots = (node.var, node.value if isinstance(node, Assign) else node.init)
+    elif isinstance(node, MatmulTile):
+        roots = node.offsets
     for root in roots:
         yield from sub_exprs(root)
     for stmt in inner:
@@ -126,7 +129,11 @@ def outline_parallel(emitter: FunctionEmitter, loop: Loop, env: Env, extent: ir.
             used_vars.setdefault(expr.name, expr)
         elif isinstance(expr, Load):
             used_buffers.add(expr.buffer.name)
-    used_buffers.update(s.buffer.name for s in walk_stmts(loop.body) if isinstance(s, Store))
+    for stmt in walk_stmts(loop.body):
+        if isinstance(stmt, Store):
+            used_buffers.add(stmt.buffer.name)
+        elif isinstance(stmt, MatmulTile):
+            used_buffers.update(x.name for x in (stmt.a, stmt.b, stmt.c))
     buffer_names = [name for name in emitter.buffers if name in used_buffers]
     captured = sorted(used_vars)
     emitter._env = env

@@ -13,6 +13,11 @@
   (2) is legal only when the anchor stores its output exactly once and never reads it back;
   otherwise the anchor writes a scratch buffer and the same kernel runs the epilogue as a
   second loop nest over it (still one kernel, one more pass over memory).
+  Anchors built of matmul tiles (GEMM, convolution) accumulate in their output and end each
+  tile with one scalar "finish" store that reads only the element it writes: there the single
+  epilogue output of the anchor's type is the accumulation buffer and the finish store becomes
+  the epilogue, applied while the tile is in cache. A prologue value that a tile reads (tiles
+  read memory, not expressions) is computed into scratch first.
 """
 
 from __future__ import annotations
@@ -28,7 +33,18 @@ from ...ir.rules.fused import retyped_body
 from ...ir.schema import op_def
 from ...ir.types import DType
 from ..inline import Rewriter, accesses, walk
-from ..kernel_ir import Block, Buffer, Const, Expr, Kernel, Load, Stmt, Store, as_expr
+from ..kernel_ir import (
+    Block,
+    Buffer,
+    Const,
+    Expr,
+    Kernel,
+    Load,
+    MatmulTile,
+    Stmt,
+    Store,
+    as_expr,
+)
 from ..registry import LowerContext, lowering, lowering_for
 from .elementwise import SCALAR, elementwise_expr
 from .elementwise_scalar import loop_over
@@ -168,19 +184,24 @@ def _anchored(group: FusedGroup) -> list[Kernel]:
 
     inputs = [None if v is None else buffer(v.name, v.type.dtype, v.type.shape)
               for v in anchor.inputs]
+    # the fused node's constant operands (weights) stay visible to the anchor's lowering
+    outer = {v.name: ctx.const(i) for i, v in enumerate(group.body.inputs)}
     out = buffer(result.name, result.type.dtype, result.type.shape)
     group.anchor_buffer = out
     actx = LowerContext(
         anchor, op_def(anchor.op).with_defaults(anchor.attrs), inputs,
         [None if v is None else out for v in anchor.outputs],
-        [None if v is None else group.consts.get(v.name) for v in anchor.inputs],
+        [None if v is None else group.consts.get(v.name, outer.get(v.name))
+         for v in anchor.inputs],
         f"{ctx.name}_{anchor.op.value}",
+        ctx.machine,
     )
     fn = lowering_for(anchor.op)
     if fn is None:
         raise ctx.fail(f"no lowering for the anchor {anchor.describe()}")
     kernels = fn(actx)
     ctx.scratch_buffers.extend(actx.scratch_buffers)
+    ctx.derived.update(actx.derived)
 
     def prologue(load: Load) -> Expr | None:
         name = load.buffer.name
@@ -189,11 +210,17 @@ def _anchored(group: FusedGroup) -> list[Kernel]:
         return None
 
     bodies = [Rewriter(on_load=prologue).stmt(k.body) for k in kernels]
+    bodies = _materialize_tile_operands(group, bodies, result.name)
     epilogue = group.downstream_outputs()
     if epilogue:
         counts = [accesses(b, out.name) for b in bodies]
+        in_place = _in_place_target(group, bodies, out, epilogue, result.name)
         if sum(s for s, _ in counts) == 1 and sum(n for _, n in counts) == 0:
             bodies = [_inline_epilogue(group, b, out, epilogue, result.name) for b in bodies]
+        elif in_place is not None:
+            group.anchor_buffer = in_place
+            bodies = [_inline_epilogue(group, _rename(b, out, in_place), in_place, epilogue,
+                                       result.name) for b in bodies]
         else:
             bodies[-1] = _separate_epilogue(group, bodies, out, epilogue)
             bodies[:-1] = [_rename(b, out, group.anchor_buffer) for b in bodies[:-1]]
@@ -201,6 +228,55 @@ def _anchored(group: FusedGroup) -> list[Kernel]:
     made = [ctx.kernel(b, outputs=outputs) for b in bodies]
     _check_bound(ctx, made)
     return made
+
+
+def _tiles(bodies: Sequence[Stmt]) -> list[MatmulTile]:
+    return [n for b in bodies for n in walk(b) if isinstance(n, MatmulTile)]
+
+
+def _materialize_tile_operands(group: FusedGroup, bodies: list[Stmt], result: str) -> list[Stmt]:
+    """Bodies whose tiles read prologue values from scratch filled by a loop nest first."""
+    ctx = group.ctx
+    computed = {}
+    for tile in _tiles(bodies):
+        for operand in (tile.a, tile.b):
+            name = operand.name
+            if name not in computed and name != result and (
+                    name in group.producers or name in group.consts):
+                computed[name] = ctx.scratch("prologue", operand.dtype, operand.shape)
+    if not computed:
+        return bodies
+    fills = [loop_over(buffer.shape, lambda index, n=name, t=buffer: Store(
+        t, tuple(index), group.element(n, index)), "pro", buffer.numel, vectorize=True)
+        for name, buffer in computed.items()]
+    renamed = [Rewriter(on_buffer=lambda b: computed.get(b.name, b)).stmt(body)
+               for body in bodies]
+    return [Block((*fills, renamed[0])), *renamed[1:]]
+
+
+def _in_place_target(group: FusedGroup, bodies: Sequence[Stmt], out: Buffer,
+                     names: Sequence[str], result: str) -> Buffer | None:
+    """The output to accumulate tiles in and finish in place, if the anchor is tiled, ends
+    with one finish store reading only its own element, and the epilogue has one output of the
+    anchor's type (see the module docstring); else None."""
+    if len(names) != 1 or result in group.outputs:
+        return None
+    target = group.outputs[names[0]]
+    if (target.shape, target.dtype) != (out.shape, out.dtype):
+        return None
+    if not any(t.c.name == out.name for t in _tiles(bodies)):
+        return None
+    nodes = [n for b in bodies for n in walk(b)]
+    stores = [n for n in nodes if isinstance(n, Store) and n.buffer.name == out.name]
+    if len(stores) != 1:
+        return None
+    position = [id(i) for i in stores[0].indices]
+    if any(isinstance(n, Load) and n.buffer.name == out.name
+           and [id(i) for i in n.indices] != position for n in nodes):
+        return None
+    if any(target.name in (t.a.name, t.b.name) for t in _tiles(bodies)):
+        return None
+    return target
 
 
 def _inline_epilogue(group: FusedGroup, body: Stmt, out: Buffer, names: Sequence[str],
@@ -235,6 +311,7 @@ def _rename(body: Stmt, old: Buffer, new: Buffer) -> Stmt:
     return Rewriter(
         on_load=lambda ld: Load(new, ld.indices) if ld.buffer.name == old.name else None,
         on_store=lambda s: Store(new, s.indices, s.value) if s.buffer.name == old.name else None,
+        on_buffer=lambda b: new if b.name == old.name else b,
     ).stmt(body)
 
 
@@ -243,6 +320,9 @@ def _check_bound(ctx: LowerContext, kernels: Sequence[Kernel]) -> None:
     for kernel in kernels:
         params = {b.name for b in kernel.params}
         for node in walk(kernel.body):
-            if isinstance(node, Load | Store) and node.buffer.name not in params:
-                raise ctx.fail(f"fused kernel {kernel.name} still accesses body value "
-                               f"%{node.buffer.name} (an unsupported fusion pattern)")
+            touched = [node.buffer] if isinstance(node, Load | Store) else (
+                [node.a, node.b, node.c] if isinstance(node, MatmulTile) else [])
+            for buffer in touched:
+                if buffer.name not in params:
+                    raise ctx.fail(f"fused kernel {kernel.name} still accesses body value "
+                                   f"%{buffer.name} (an unsupported fusion pattern)")
