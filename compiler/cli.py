@@ -1,4 +1,4 @@
-"""The ``kiln`` command line: ``kiln inspect``, ``kiln compile`` and ``kiln run``.
+"""The ``kiln`` command line: ``kiln inspect``, ``kiln compile``, ``kiln tune`` and ``kiln run``.
 
 This module is Kiln's one composition root: it is the only place under ``kiln.compiler`` that
 reaches a frontend, and it does so inside the command functions (never at module top level), so
@@ -6,7 +6,7 @@ importing ``kiln.compiler`` stays free of ONNX. ``tests/unit/test_layering.py`` 
 
 Errors print one line, ``kiln: error: ...``, and exit non-zero (2 for usage errors, 1 for the
 rest); ``--debug`` shows the traceback instead. Output is quiet by default: ``--verbose`` adds
-progress lines on stderr.
+progress lines on stderr (``kiln tune``, a long measurement, always reports progress there).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
@@ -26,6 +26,10 @@ from .analysis.summary import format_summary, summarize
 from .errors import KilnError
 from .ir.graph import Graph
 from .ir.types import DType, TensorType
+from .machine import Machine
+
+if TYPE_CHECKING:
+    from .codegen.target import Target
 
 PROG = "kiln"
 
@@ -104,14 +108,9 @@ def _build_parser() -> argparse.ArgumentParser:
                           help="the library to write (MODEL.h, and MODEL.bin with "
                                "--weights external, go beside it); required unless "
                                "--stop-after is given")
-    compile_.add_argument("--target", default="host",
-                          help="host (default), x86_64, x86_64-avx2, x86_64-avx512, "
-                               "aarch64-linux-gnu, armv7-linux-gnueabihf, riscv64-linux-gnu "
-                               "or an LLVM triple")
-    compile_.add_argument("--cpu", help="CPU name for the target (e.g. cortex-a72)")
-    compile_.add_argument("--features", help="target features, e.g. +neon,+fp16")
-    compile_.add_argument("-O", dest="opt_level", type=int, choices=range(4), default=2,
-                          metavar="N", help="optimization level 0-3 (default 2)")
+    _add_target(compile_, "host (default), x86_64, x86_64-avx2, x86_64-avx512, "
+                          "aarch64-linux-gnu, armv7-linux-gnueabihf, riscv64-linux-gnu or an "
+                          "LLVM triple")
     compile_.add_argument("--weights", choices=("embed", "external"), default="embed",
                           help="embed the weights in the library (default) or write MODEL.bin")
     _add_input_shape(compile_, "bind the symbolic dimensions of an input")
@@ -125,7 +124,43 @@ def _build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--pass-stats", action="store_true",
                           help="print a per-pass table: time, ops before/after, changed, fused "
                                "groups, layout transforms inserted/removed")
+    cache = compile_.add_mutually_exclusive_group()
+    cache.add_argument("--tune-cache", type=Path, metavar="PATH",
+                       help="use the kernel schedules kiln tune measured for this target, "
+                            "from PATH (default: $KILN_TUNE_CACHE, else "
+                            "$XDG_CACHE_HOME/kiln/tune.json, else ~/.cache/kiln/tune.json)")
+    cache.add_argument("--no-tune-cache", action="store_true",
+                       help="ignore the tuning cache: the cost model picks every schedule")
+    compile_.add_argument("--tune-threads", type=_count, metavar="N",
+                          help="use the schedules kiln tune measured with --threads N "
+                               "(default: one thread per CPU, as the library runs by default)")
     compile_.set_defaults(handler=_compile)
+
+    tune = commands.add_parser(
+        "tune", parents=[common], help="measure kernel schedules on this machine, cache the best",
+        description="Measure the tile and block sizes of the model's tiled kernels (GEMM, "
+                    "convolution) on this machine: each distinct kernel is compiled alone with "
+                    "each candidate schedule and timed; the fastest goes into the tuning cache, "
+                    "which kiln compile then uses for the same target and thread count. "
+                    "Progress goes to stderr, the final table to stdout.",
+    )
+    tune.add_argument("model", type=Path, help="an .onnx file")
+    _add_target(tune, "host (default) or a preset whose code runs on this CPU "
+                      "(e.g. x86_64-avx2)")
+    _add_input_shape(tune, "bind the symbolic dimensions of an input")
+    tune.add_argument("--threads", type=_count, metavar="N",
+                      help="threads to measure with (default: one per CPU)")
+    tune.add_argument("--cache", type=Path, metavar="PATH",
+                      help="the tuning cache to update (default: $KILN_TUNE_CACHE, else "
+                           "$XDG_CACHE_HOME/kiln/tune.json, else ~/.cache/kiln/tune.json)")
+    tune.add_argument("--budget-seconds", type=float, metavar="S",
+                      help="stop measuring after about S seconds (what was measured is kept)")
+    tune.add_argument("--runs", type=_count, default=10, metavar="R",
+                      help="timing samples (of 1 ms or more) per candidate; the fastest "
+                           "counts (default 10)")
+    tune.add_argument("--retune", action="store_true",
+                      help="measure again kernels the cache already has complete results for")
+    tune.set_defaults(handler=_tune)
 
     run = commands.add_parser(
         "run", parents=[common], help="run a model (.onnx: reference executor; .so: compiled)",
@@ -145,6 +180,24 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_input_shape(run, "shape of a random input whose dimensions are symbolic")
     run.set_defaults(handler=_run)
     return parser
+
+
+def _add_target(parser: argparse.ArgumentParser, targets: str) -> None:
+    parser.add_argument("--target", default="host", help=targets)
+    parser.add_argument("--cpu", help="CPU name for the target (e.g. cortex-a72)")
+    parser.add_argument("--features", help="target features, e.g. +neon,+fp16")
+    parser.add_argument("-O", dest="opt_level", type=int, choices=range(4), default=2,
+                        metavar="N", help="optimization level 0-3 (default 2)")
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _add_input_shape(parser: argparse.ArgumentParser, purpose: str) -> None:
@@ -201,18 +254,24 @@ def _inspect(args: argparse.Namespace, log: Callable[[str], None]) -> None:
 def _compile(args: argparse.Namespace, log: Callable[[str], None]) -> None:
     from .codegen.target import Target
     from .driver import build
+    from .lower import schedules
     from .passes.pipeline import format_stats
 
     if args.output is None and args.stop_after is None:
         raise UsageError("compile needs -o MODEL.so (or --stop-after PASS to print the IR)")
     graph = _load(args.model, log)
     target = Target.parse(args.target, cpu=args.cpu, features=args.features)
+    tuned = _tuned_schedules(args, target, log)
     if args.stop_after is not None:
-        _compile_stop_after(args, graph, log)
+        _compile_stop_after(args, graph, target.machine().with_tuned(tuned), log)
         return
-    exe = build(graph, target=target, opt_level=args.opt_level,
-                input_shapes=dict(args.input_shape), weights=args.weights, progress=log,
-                print_ir_after=args.print_ir_after, print_ir_after_all=args.print_ir_after_all)
+    with schedules.collect() as decisions:
+        exe = build(graph, target=target, opt_level=args.opt_level,
+                    input_shapes=dict(args.input_shape), weights=args.weights, progress=log,
+                    print_ir_after=args.print_ir_after,
+                    print_ir_after_all=args.print_ir_after_all, tuned=tuned)
+    applied = sum(1 for d in decisions if tuned.get(d.signature) == d.chosen)
+    log(f"tuned schedules used by {applied} of {len(decisions)} tunable kernels")
     written = exe.export(args.output)
     stats = exe.stats
     print(f"wrote {written} ({written.stat().st_size:,} bytes) for {target.triple}: "
@@ -222,8 +281,50 @@ def _compile(args: argparse.Namespace, log: Callable[[str], None]) -> None:
         print(format_stats(stats.passes), end="")
 
 
+def _tuned_schedules(
+    args: argparse.Namespace, target: Target, log: Callable[[str], None]
+) -> dict[str, dict[str, Any]]:
+    """The tuning cache's schedules for ``target`` (none with ``--no-tune-cache``)."""
+    from .tune.cache import TuneCache, machine_key
+
+    if args.no_tune_cache:
+        return {}
+    cache = TuneCache(args.tune_cache, warn=_warn)
+    tuned = cache.tuned(target, args.tune_threads)
+    log(f"tuning cache {cache.path}: {len(tuned)} schedules for "
+        f"{machine_key(target, args.tune_threads)}")
+    return tuned
+
+
+def _warn(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+def _tune(args: argparse.Namespace, log: Callable[[str], None]) -> None:
+    from .codegen.target import Target
+    from .tune.cache import TuneCache, machine_key
+    from .tune.search import format_results, tune
+
+    graph = _load(args.model, log)
+    target = Target.parse(args.target, cpu=args.cpu, features=args.features)
+    cache = TuneCache(args.cache, warn=_warn)
+    try:
+        results = tune(graph, target, opt_level=args.opt_level, threads=args.threads,
+                       input_shapes=dict(args.input_shape), cache=cache,
+                       budget_seconds=args.budget_seconds, runs=args.runs,
+                       retune=args.retune,
+                       progress=log if getattr(args, "verbose", False) else _progress_logger(True))
+    except KeyboardInterrupt:
+        raise KilnError(f"interrupted; what was measured is in {cache.path}") from None
+    if not results:
+        print("no tunable kernels in this model: the cost model's schedules are all there is")
+        return
+    print(format_results(results), end="")
+    print(f"cache: {cache.path} [{machine_key(target, args.threads)}]")
+
+
 def _compile_stop_after(
-    args: argparse.Namespace, graph: Graph, log: Callable[[str], None]
+    args: argparse.Namespace, graph: Graph, machine: Machine, log: Callable[[str], None]
 ) -> None:
     """``compile --stop-after PASS``: run the optimizer up to PASS and print the IR."""
     from .ir.printer import print_graph
@@ -235,7 +336,7 @@ def _compile_stop_after(
     optimized = optimize(specialize(graph, dict(args.input_shape)), args.opt_level,
                          print_after=args.print_ir_after,
                          print_after_all=args.print_ir_after_all, stop_after=args.stop_after,
-                         stats=rows)
+                         stats=rows, machine=machine)
     print(print_graph(optimized), end="")
     if args.pass_stats:
         print(format_stats(rows), end="")

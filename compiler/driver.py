@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -98,6 +98,7 @@ def build(
     weights: str = "embed",
     progress: Progress | None = None,
     *,
+    tuned: Mapping[str, Mapping[str, Any]] | None = None,
     print_ir_after: Sequence[str] = (),
     print_ir_after_all: bool = False,
     verify_each: bool = False,
@@ -106,12 +107,16 @@ def build(
     """Compile ``graph`` for ``target``; symbolic input dims must be bound by ``input_shapes``.
     ``opt_level`` picks the optimizer's passes (and LLVM's level); ``print_ir_after`` /
     ``print_ir_after_all`` print the IR after those passes to ``ir_out`` (default stderr);
-    ``verify_each`` verifies the IR after every pass."""
+    ``verify_each`` verifies the IR after every pass. ``tuned`` maps kernel signatures to
+    schedule parameters that override the cost model's choice (what ``kiln tune`` measured:
+    ``kiln.compiler.tune.TuneCache().tuned(target, threads)``); without it the build uses
+    the cost model alone and reads no cache file."""
     if opt_level not in (0, 1, 2, 3):
         raise KilnError(f"opt_level must be 0, 1, 2 or 3, got {opt_level}")
     if weights not in ("embed", "external"):
         raise KilnError(f"weights must be 'embed' or 'external', got {weights!r}")
-    machine = target if isinstance(target, Target) else Target.parse(target)
+    target = target if isinstance(target, Target) else Target.parse(target)
+    machine = target.machine().with_tuned(tuned or {})
     seconds: dict[str, float] = {}
 
     def phase(name: str, fn, *args):  # type: ignore[no-untyped-def]
@@ -126,25 +131,25 @@ def build(
     pass_rows: list[PassStats] = []
     optimized = phase("optimize", lambda: optimize(
         static, opt_level, print_after=print_ir_after, print_after_all=print_ir_after_all,
-        verify_each=verify_each, stats=pass_rows, out=ir_out, machine=machine.machine(),
+        verify_each=verify_each, stats=pass_rows, out=ir_out, machine=machine,
     ))
-    lowered = phase("lower", lower_graph, optimized, machine.machine())
+    lowered = phase("lower", lower_graph, optimized, machine)
     plan: Plan = phase("plan", make_plan, lowered)
     names = ([v.name for v in static.inputs], list(plan.output_names))
     external = weights == "external"
     checksum = fnv1a64(plan.weights)
-    module = phase("codegen", build_module, plan, machine, names, external, checksum)
-    obj = phase("llvm", optimize_and_emit, module, machine, opt_level)
+    module = phase("codegen", build_module, plan, target, names, external, checksum)
+    obj = phase("llvm", optimize_and_emit, module, target, opt_level)
     folder = Path(tempfile.mkdtemp(prefix="kiln-"))
     library = folder / "model.so"
     phase("link", lambda: build_library(
         obj, library,
         inputs=[(n, b.dtype, b.shape) for n, b in zip(names[0], plan.inputs, strict=True)],
         outputs=[(n, b.dtype, b.shape) for n, b in zip(names[1], plan.outputs, strict=True)],
-        weights=plan.weights, external_weights=external, target=machine,
+        weights=plan.weights, external_weights=external, target=target,
     ))
     stats = BuildStats(len(plan.calls), plan.arena_bytes, plan.unshared_bytes,
                        len(plan.weights), seconds, pass_rows)
     if progress:
         progress(f"built {library.name}: {stats.kernels} kernels in {stats.total_seconds:.2f}s")
-    return Executable(folder, library, machine, threads, stats)
+    return Executable(folder, library, target, threads, stats)

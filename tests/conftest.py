@@ -56,3 +56,12 @@ def _check_every_built_graph() -> Iterator[None]:
     GraphBuilder.finish = finish_and_check  # type: ignore[method-assign]
     yield
     GraphBuilder.finish = original  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_tune_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests never read or write the user's ``kiln tune`` cache (``kiln compile`` reads it)."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("KILN_TUNE_CACHE", str(tmp_path_factory.mktemp("tune") / "tune.json"))
+    yield
+    patch.undo()

@@ -8,9 +8,9 @@ triple (with the architecture's baseline CPU and features unless given).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import llvmlite.binding as llvm
 
@@ -78,16 +78,21 @@ def _vector_bits(arch: str, cpu: str, features: str) -> int:
 
 
 def _cache_sizes() -> tuple[int, int]:
-    """Per-core L1 data and L2 cache bytes of this machine (defaults where unknown)."""
-    sizes = []
-    for name, default in (("SC_LEVEL1_DCACHE_SIZE", 32 * 1024), ("SC_LEVEL2_CACHE_SIZE",
-                                                                  512 * 1024)):
+    """Per-core L1 data and L2 cache bytes of this machine, as Linux reports them in sysfs
+    (defaults where it does not)."""
+    sizes = {1: 32 * 1024, 2: 512 * 1024}
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
         try:
-            found = os.sysconf(name)
-        except (ValueError, OSError):
-            found = 0
-        sizes.append(found if found > 0 else default)
-    return sizes[0], sizes[1]
+            level = int((index / "level").read_text())
+            kind = (index / "type").read_text().strip()
+            text = (index / "size").read_text().strip().upper()
+        except (OSError, ValueError):
+            continue
+        scale = {"K": 1024, "M": 1024 * 1024}.get(text[-1:], 1)
+        digits = text.rstrip("KM")
+        if level in sizes and kind in ("Data", "Unified") and digits.isdigit():
+            sizes[level] = int(digits) * scale
+    return sizes[1], sizes[2]
 
 
 def _pointer_bits(arch: str) -> int:

@@ -16,11 +16,14 @@ class Op(enum.Enum):
 
     CONSTANT = "constant"
     # Kiln's own ops, made by passes (no ONNX counterpart): a fused group of ops run as one
-    # kernel (its body a subgraph), a conversion between memory layouts, and a convolution on
-    # channel-blocked (NCHW[x]c) tensors.
+    # kernel (its body a subgraph), a conversion between memory layouts, and a convolution,
+    # pools and LRN on channel-blocked (NCHW[x]c) tensors.
     FUSED = "fused"
     LAYOUT_TRANSFORM = "layout_transform"
     CONV_NCHWC = "conv_nchwc"
+    MAX_POOL_NCHWC = "max_pool_nchwc"
+    AVERAGE_POOL_NCHWC = "average_pool_nchwc"
+    LRN_NCHWC = "lrn_nchwc"
     ABS = "abs"
     ACOS = "acos"
     ACOSH = "acosh"

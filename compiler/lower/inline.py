@@ -48,16 +48,20 @@ class Rewriter:
     """Rebuilds statements and expressions, replacing loads and stores through callbacks
     (returning None keeps the access, with its operands rewritten), renaming variables (loop
     indices and locals) through ``on_var`` and the buffers of matmul tiles through
-    ``on_buffer``."""
+    ``on_buffer``. A tile's memory accesses are not loads and stores: with ``expand_tiles`` each
+    tile is first replaced by its scalar loop nest, whose accesses the callbacks then see (for
+    rewrites that may turn a buffer into an expression, as control-flow inlining does)."""
 
     def __init__(self, on_load: LoadRewrite | None = None,
                  on_store: StoreRewrite | None = None,
                  on_var: Callable[[Var], Var] | None = None,
-                 on_buffer: Callable[[Buffer], Buffer] | None = None) -> None:
+                 on_buffer: Callable[[Buffer], Buffer] | None = None,
+                 expand_tiles: bool = False) -> None:
         self.on_load = on_load
         self.on_store = on_store
         self.on_var = on_var
         self.on_buffer = on_buffer
+        self.expand_tiles = expand_tiles
         self.memo: dict[int, Expr] = {}
 
     def var(self, v: Var) -> Var:
@@ -106,6 +110,8 @@ class Rewriter:
         if isinstance(s, Assign):
             return Assign(self.var(s.var), self.expr(s.value))
         if isinstance(s, MatmulTile):
+            if self.expand_tiles:
+                return self.stmt(s.expanded())
             c, a, b = (self.expr(e) for e in s.offsets)
             tile = replace(s, c_offset=c, a_offset=a, b_offset=b)
             if self.on_buffer is not None:

@@ -374,23 +374,42 @@ class MatmulTile(Stmt):
         return as_index(j) // self.c_group * self.c_group_stride + as_index(j) % self.c_group
 
     def expanded(self) -> Stmt:
-        """The scalar loop nest this tile means (for the interpreter and simple backends)."""
+        """The scalar loop nest this tile means, on the buffers' own (logical) indices: what
+        simple backends run, and what code that rewrites loads and stores can transform."""
         r, j = Var("tile_r"), Var("tile_j")
         ks = [Var(f"tile_k{d}") for d in range(len(self.axes))]
         a_at = self.a_offset + r * self.a_row_stride
         b_at = self.b_offset + j
         for k, axis in zip(ks, self.axes, strict=True):
             a_at, b_at = a_at + k * axis.a_stride, b_at + k * axis.b_stride
-        c_flat, a_flat, b_flat = (flat_view(x) for x in (self.c, self.a, self.b))
         c_at = self.c_offset + r * self.c_row_stride + self.column(j)
         acc = Var("tile_acc", self.c.dtype)
-        step: Stmt = Assign(acc, acc + a_flat.load(a_at) * b_flat.load(b_at))
+        step: Stmt = Assign(acc, acc + self.a.load(*unravel(a_at, self.a.shape))
+                            * self.b.load(*unravel(b_at, self.b.shape)))
         for k, axis in reversed(list(zip(ks, self.axes, strict=True))):
             step = Loop(k, Const(axis.extent, DType.I64), step)
-        init = c_flat.load(c_at) if self.accumulate else Const(0.0, self.c.dtype)
-        element = Block((Declare(acc, init), step, c_flat.store([c_at], acc)))
+        c_index = unravel(c_at, self.c.shape)
+        init = self.c.load(*c_index) if self.accumulate else Const(0.0, self.c.dtype)
+        element = Block((Declare(acc, init), step, self.c.store(c_index, acc)))
         return Loop(r, Const(self.rows, DType.I64),
                     Loop(j, Const(self.cols, DType.I64), element))
+
+
+def unravel(flat: Expr, shape: Sequence[int]) -> list[Expr]:
+    """Row-major coordinates of the flat index ``flat`` in ``shape``."""
+    coords: list[Expr] = []
+    stride = 1
+    for extent in shape:
+        stride *= extent
+    for extent in shape:
+        stride //= max(extent, 1)
+        if extent == 1:
+            coords.append(Const(0, DType.I64))
+            continue
+        part = flat if stride == 1 else flat // stride
+        # The first axis needs no remainder: the flat index is within the shape.
+        coords.append(part if not coords else part % extent)
+    return coords
 
 
 def flat_view(buffer: Buffer) -> Buffer:

@@ -20,6 +20,7 @@ from ..ir.graph import Node
 from ..ir.op import Op
 from ..ir.types import DType
 from ..machine import DEFAULT_MACHINE, Machine
+from .inline import accesses
 from .kernel_ir import Buffer, Kernel, Stmt
 
 Lowering = Callable[["LowerContext"], list[Kernel]]
@@ -132,12 +133,18 @@ class LowerContext:
         outputs: Sequence[Buffer] | None = None,
         scratch: Sequence[Buffer] | None = None,
     ) -> Kernel:
-        """A kernel of this node; by default it binds all present inputs, outputs, scratch."""
+        """A kernel of this node; by default it binds the inputs and derived constants that
+        ``body`` reads (an unread weight then drops out of the plan), all outputs and scratch."""
         self._kernel_count += 1
         suffix = "" if self._kernel_count == 1 else f"_{self._kernel_count}"
+        if inputs is None:
+            derived = [Buffer(name, DType.from_numpy(data.dtype), tuple(data.shape))
+                       for name, data in self.derived.items()]
+            inputs = [b for b in [*self.inputs, *derived]
+                      if b is not None and accesses(body, b.name)[1]]
         return Kernel(
             name=_symbol(f"{self.name}{suffix}"),
-            inputs=_distinct(self.inputs if inputs is None else inputs),
+            inputs=_distinct(inputs),
             outputs=_distinct(self.outputs if outputs is None else outputs),
             body=body,
             scratch=tuple(self.scratch_buffers if scratch is None else scratch),

@@ -44,7 +44,8 @@ from ..lower.ops.elementwise import SCALAR
 # Anchors whose lowering computes each output element once; elementwise ops on their result
 # are folded into that computation.
 EPILOGUE_ANCHORS = frozenset({
-    Op.CONV, Op.CONV_TRANSPOSE, Op.MATMUL, Op.GEMM, Op.AVERAGE_POOL, Op.MAX_POOL, Op.LP_POOL,
+    Op.CONV, Op.CONV_NCHWC, Op.CONV_TRANSPOSE, Op.MATMUL, Op.GEMM, Op.AVERAGE_POOL, Op.MAX_POOL,
+    Op.LP_POOL, Op.MAX_POOL_NCHWC, Op.AVERAGE_POOL_NCHWC, Op.LRN_NCHWC,
     Op.GLOBAL_AVERAGE_POOL, Op.GLOBAL_MAX_POOL, Op.GLOBAL_LP_POOL, Op.BATCH_NORMALIZATION,
     Op.INSTANCE_NORMALIZATION, Op.GROUP_NORMALIZATION,
 })

@@ -34,6 +34,9 @@
 /* Busy-wait iterations before a worker goes to sleep on the condition variable; waking a
  * sleeping thread costs tens of microseconds, more than many small kernels take. */
 #define KILN_SPIN_ITERATIONS 20000
+/* Chunks a parallel loop is split into per thread: more than one, so that a thread the OS
+ * delays loses only a small share, which the others claim. */
+#define KILN_CHUNKS_PER_THREAD 4
 #define KILN_ERROR_BYTES 512
 #define KILN_PATH_BYTES 4096
 
@@ -111,15 +114,21 @@ struct kiln_instance {
     atomic_int failed;          /* a kernel reported an error during this run */
     const char *_Atomic failure_message;
 
-    /* Thread pool: the job is published by bumping `generation` under `lock`. */
+    /* Thread pool: the job is published by bumping `generation` under `lock`. A job is split
+     * into `job_chunks` contiguous chunks that every thread (the caller too) claims from
+     * `ticket` = generation << 32 | next chunk; a claim of a finished job's ticket fails, so a
+     * thread that wakes late never runs a stale chunk, and the caller waits only for claimed
+     * chunks to finish (`done`), never for a worker the OS has not scheduled yet. */
     pthread_mutex_t lock;
     pthread_cond_t wake;
     atomic_uint generation;
-    atomic_int pending;         /* workers still busy with the current job */
+    _Atomic uint64_t ticket;
+    atomic_llong done;          /* chunks of the current job finished */
     int stop;
     kiln_parallel_body job_body;
     void *job_closure;
     int64_t job_n;
+    atomic_llong job_chunks;
     int32_t num_workers;        /* started workers (num_threads - 1 once create succeeds) */
     kiln_pool_worker *workers;
 };
@@ -144,6 +153,25 @@ static void run_chunk(kiln_instance *inst, int64_t chunk, int64_t chunks) {
     if (begin < end) inst->job_body(inst->job_closure, begin, end);
 }
 
+/* Run chunks of job `generation` until none is left to claim. */
+static void claim_chunks(kiln_instance *inst, unsigned generation) {
+    uint64_t ticket = atomic_load_explicit(&inst->ticket, memory_order_acquire);
+    for (;;) {
+        if ((unsigned)(ticket >> 32) != generation) return;
+        int64_t chunk = (int64_t)(ticket & 0xffffffffu);
+        int64_t chunks = atomic_load_explicit(&inst->job_chunks, memory_order_relaxed);
+        if (chunk >= chunks) return;
+        if (!atomic_compare_exchange_weak_explicit(&inst->ticket, &ticket, ticket + 1,
+                                                   memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue;
+        /* the job's fields are stable now: it cannot end while a claimed chunk runs */
+        run_chunk(inst, chunk, chunks);
+        atomic_fetch_add_explicit(&inst->done, 1, memory_order_release);
+        ticket = atomic_load_explicit(&inst->ticket, memory_order_acquire);
+    }
+}
+
 static void *worker_main(void *arg) {
     kiln_pool_worker *self = arg;
     kiln_instance *inst = self->instance;
@@ -165,9 +193,7 @@ static void *worker_main(void *arg) {
         }
         seen = now;
         if (inst->stop) return NULL;
-        int64_t chunks = inst->num_threads < inst->job_n ? inst->num_threads : inst->job_n;
-        if (self->index < chunks) run_chunk(inst, self->index, chunks);
-        atomic_fetch_sub_explicit(&inst->pending, 1, memory_order_release);
+        claim_chunks(inst, now);
     }
 }
 
@@ -220,16 +246,24 @@ void kiln__parallel_for(void *ctx, kiln_parallel_body body, void *closure, int64
         body(closure, 0, n);
         return;
     }
+    int64_t chunks = (int64_t)inst->num_threads * KILN_CHUNKS_PER_THREAD;
+    if (chunks > n) chunks = n;
+    unsigned generation = atomic_load_explicit(&inst->generation, memory_order_relaxed) + 1u;
+    /* First end every claim on the previous job (a late worker's claim then fails), then
+     * fill in the job, then open its chunks. */
+    atomic_store_explicit(&inst->ticket, (uint64_t)generation << 32 | 0xffffffffu,
+                          memory_order_seq_cst);
     inst->job_body = body;
     inst->job_closure = closure;
     inst->job_n = n;
-    atomic_store_explicit(&inst->pending, inst->num_workers, memory_order_relaxed);
+    atomic_store_explicit(&inst->job_chunks, chunks, memory_order_relaxed);
+    atomic_store_explicit(&inst->done, 0, memory_order_relaxed);
+    atomic_store_explicit(&inst->ticket, (uint64_t)generation << 32, memory_order_release);
     publish(inst);
-    int64_t chunks = inst->num_threads < n ? inst->num_threads : n;
     tls_in_parallel = 1;
-    run_chunk(inst, 0, chunks);
+    claim_chunks(inst, generation);
     tls_in_parallel = 0;
-    for (unsigned spin = 0; atomic_load_explicit(&inst->pending, memory_order_acquire) != 0;
+    for (unsigned spin = 0; atomic_load_explicit(&inst->done, memory_order_acquire) < chunks;
          spin++) {
         if (spin < KILN_SPIN_ITERATIONS) cpu_relax();
         else sched_yield();
@@ -381,7 +415,9 @@ KILN_API kiln_status kiln_create(int32_t num_threads, const char *weights_path,
     atomic_init(&inst->failed, 0);
     atomic_init(&inst->failure_message, NULL);
     atomic_init(&inst->generation, 0u);
-    atomic_init(&inst->pending, 0);
+    atomic_init(&inst->ticket, 0);
+    atomic_init(&inst->done, 0);
+    atomic_init(&inst->job_chunks, 0);
     if (pthread_mutex_init(&inst->lock, NULL) != 0) {
         free(inst);
         return fail(KILN_ERROR_THREADS, "kiln_create: cannot create a mutex");

@@ -51,8 +51,10 @@ def test_one_kernel_per_group(name: str) -> None:
         assert len(step.kernels) == 1
         body_ops = {n.name for n in step.node.attrs["body"].nodes if n.op is not Op.CONSTANT}
         assert set(step.kernels[0].source) == body_ops
-        # Inlined epilogues need no buffer for the anchor's result.
-        assert bool(step.scratch) == (name in SEPARATE_EPILOGUE)
+        # Inlined epilogues need no buffer for the anchor's result (the anchor's own working
+        # scratch, e.g. a padded input, is another matter).
+        anchor_buffers = [b for b in step.scratch if ".anchor." in b.name]
+        assert bool(anchor_buffers) == (name in SEPARATE_EPILOGUE)
     assert kernel_count(fused) == kernel_count(pattern.graph) - sum(
         len(ops) - 1 for _, ops, _ in pattern.groups)
 

@@ -2,7 +2,8 @@
 and as each other ("the model suites pass at -O3 exactly as at -O0").
 
 Models: every model of ``zoo.ZOO`` with each exporter that can export it (a ResNet-style CNN, a
-transformer encoder layer, a 2-layer LSTM, a BERT-style encoder, a MobileNetV2-style net; the
+transformer encoder layer, a 2-layer LSTM, a BERT-style encoder, a MobileNetV2-style net, a
+GPT-2-style decoder, LeNet-5, an MLP; the
 first exporter of ``EXPORTERS`` that works is in the fast tier, the other one ``slow``), the
 bundled digits CNN at batch 16. (The nine ONNX "light" models are held to their expected
 outputs compiled at -O3 in tests/conformance/test_light_models.py; at -O0, where LLVM does not

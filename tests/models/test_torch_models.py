@@ -1,7 +1,8 @@
 """Models built in code with PyTorch, exported with ``torch.onnx.export``, run through Kiln.
 
 Each model of ``zoo.ZOO`` (a ResNet-style CNN with BatchNorm, a ``TransformerEncoderLayer``, a
-2-layer LSTM) is exported in eval mode with each exporter that can handle it. ``load_onnx`` +
+2-layer LSTM, a BERT-style encoder, a MobileNetV2-style net, a GPT-2-style decoder, LeNet-5, an
+MLP) is exported in eval mode with each exporter that can handle it. ``load_onnx`` +
 ``reference.run`` is compared on the same random inputs with onnxruntime and with the torch
 module itself, and the compiled library (``build(...).run``) with the reference executor.
 

@@ -4,13 +4,18 @@ Each entry of ``ZOO`` exports its model with a given exporter into a folder and 
 module, the .onnx path and a set of inputs. Models are small enough for the test suite but real
 in structure: a ResNet-style CNN with BatchNorm, a transformer encoder layer, a 2-layer LSTM, a
 BERT-style encoder (token + position embeddings, two GELU encoder layers, sequence 128, hidden
-128, 4 heads, int64 token ids) and a MobileNetV2-style net (inverted residual blocks with
+128, 4 heads, int64 token ids), a MobileNetV2-style net (inverted residual blocks with
 depthwise convolutions and ReLU6, 1x3x96x96 input: 96x96 keeps the suite fast while every block
-still sees a spatial extent above 3x3).
+still sees a spatial extent above 3x3), a GPT-2-style decoder (token + position embeddings,
+pre-LayerNorm blocks with masked causal self-attention and a 4x tanh-GELU MLP, a final
+LayerNorm and an LM head tied to the token embedding; sequence 128, hidden 256, 4 heads, 2
+blocks), LeNet-5 on 1x1x28x28 and an MLP 784-512-256-10. The last five run at batch 1, the batch
+the benchmarks (benchmarks/models.py) measure.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,9 +83,10 @@ def _randomize_batchnorm(model: nn.Module, rng: np.random.Generator) -> None:
 class TwoLayerLSTM(nn.Module):
     """A 2-layer batch-first LSTM returning its sequence output and final states."""
 
-    def __init__(self) -> None:
+    def __init__(self, features: int = 8, hidden: int = 16) -> None:
         super().__init__()
-        self.lstm = nn.LSTM(input_size=8, hidden_size=16, num_layers=2, batch_first=True)
+        self.lstm = nn.LSTM(input_size=features, hidden_size=hidden, num_layers=2,
+                            batch_first=True)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         output, (hidden, cell) = self.lstm(x)
@@ -156,6 +162,82 @@ class MobileNetV2Style(nn.Module):
         return self.head(self.features(x))
 
 
+class CausalSelfAttention(nn.Module):
+    """GPT-2's attention: one fused QKV projection, scores masked above the diagonal, softmax,
+    the weighted sum of values, an output projection. Written with plain matmuls (not
+    nn.MultiheadAttention) so both exporters trace it; the mask is a constant buffer."""
+
+    def __init__(self, sequence: int, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.project = nn.Linear(hidden, hidden)
+        causal = torch.tril(torch.ones(sequence, sequence, dtype=torch.bool))
+        self.register_buffer("future", ~causal.view(1, 1, sequence, sequence))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, sequence, hidden = x.shape
+        q, k, v = self.qkv(x).split(hidden, dim=2)
+        # [batch, heads, sequence, head width]
+        q, k, v = (t.view(batch, sequence, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+        scores = scores.masked_fill(self.future[:, :, :sequence, :sequence], float("-inf"))
+        mixed = torch.softmax(scores, dim=-1) @ v
+        return self.project(mixed.transpose(1, 2).reshape(batch, sequence, hidden))
+
+
+class GPT2Block(nn.Module):
+    """Pre-LayerNorm: x + attention(ln(x)), then x + mlp(ln(x)) with a 4x tanh-GELU MLP."""
+
+    def __init__(self, sequence: int, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden)
+        self.attention = CausalSelfAttention(sequence, hidden, heads)
+        self.norm2 = nn.LayerNorm(hidden)
+        self.mlp = nn.Sequential(nn.Linear(hidden, 4 * hidden), nn.GELU(approximate="tanh"),
+                                 nn.Linear(4 * hidden, hidden))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class GPT2StyleDecoder(nn.Module):
+    """Token + learned position embeddings, a stack of GPT-2 blocks, a final LayerNorm and the
+    LM head (the token embedding, transposed), returning next-token logits per position."""
+
+    def __init__(self, vocab: int, sequence: int, hidden: int, heads: int, layers: int) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, hidden)
+        self.positions = nn.Embedding(sequence, hidden)
+        self.blocks = nn.Sequential(*(GPT2Block(sequence, hidden, heads) for _ in range(layers)))
+        self.final_norm = nn.LayerNorm(hidden)
+        # GPT-2's initialization: it keeps the tied head's logits of order 1 (with unit-variance
+        # embeddings they would be of order sqrt(hidden)).
+        for embedding in (self.tokens, self.positions):
+            nn.init.normal_(embedding.weight, std=0.02)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
+        hidden = self.final_norm(self.blocks(self.tokens(ids) + self.positions(positions)))
+        return hidden @ self.tokens.weight.t()
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 for 28x28 digits: conv 5x5 (padded) to 6, pool, conv 5x5 to 16, pool,
+    fully connected 400-120-84-10 (ReLU and max pooling, as in today's renditions)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(400, 120), nn.ReLU(),
+                                        nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
 def resnet_style_cnn(exporter: str, folder: Path, batch: int = 2) -> Exported:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -208,12 +290,44 @@ def mobilenet_v2_style(exporter: str, folder: Path) -> Exported:
     return Exported(model, path, {"image": image})
 
 
+def gpt2_style_decoder(exporter: str, folder: Path) -> Exported:
+    torch.manual_seed(0)
+    vocab, sequence = 1000, 128
+    model = GPT2StyleDecoder(vocab, sequence, hidden=256, heads=4, layers=2)
+    ids = np.random.default_rng(5).integers(0, vocab, (1, sequence), dtype=np.int64)
+    path = export(model, [torch.from_numpy(ids)], folder / f"gpt2_{exporter}.onnx", exporter,
+                  ["ids"], ["logits"])
+    return Exported(model, path, {"ids": ids})
+
+
+def lenet(exporter: str, folder: Path) -> Exported:
+    torch.manual_seed(0)
+    model = LeNet5()
+    image = np.random.default_rng(6).standard_normal((1, 1, 28, 28)).astype(np.float32)
+    path = export(model, [torch.from_numpy(image)], folder / f"lenet_{exporter}.onnx", exporter,
+                  ["image"], ["logits"])
+    return Exported(model, path, {"image": image})
+
+
+def mlp(exporter: str, folder: Path) -> Exported:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(),
+                          nn.Linear(256, 10))
+    features = np.random.default_rng(7).standard_normal((1, 784)).astype(np.float32)
+    path = export(model, [torch.from_numpy(features)], folder / f"mlp_{exporter}.onnx", exporter,
+                  ["features"], ["logits"])
+    return Exported(model, path, {"features": features})
+
+
 ZOO: dict[str, Callable[[str, Path], Exported]] = {
     "resnet_style_cnn": resnet_style_cnn,
     "transformer_encoder_layer": transformer_encoder_layer,
     "two_layer_lstm": two_layer_lstm,
     "bert_style_encoder": bert_style_encoder,
     "mobilenet_v2_style": mobilenet_v2_style,
+    "gpt2_style_decoder": gpt2_style_decoder,
+    "lenet": lenet,
+    "mlp": mlp,
 }
 
 # torch 2.13's TorchScript exporter cannot trace nn.MultiheadAttention

@@ -277,3 +277,24 @@ def test_groups_that_would_read_each_other_are_not_both_made(
     assert structure(fused) == [("epilogue", ["matmul", "relu", "add"], 2)]
     for e, g in zip(reference.run(graph, data), reference.run(fused, data), strict=True):
         np.testing.assert_array_equal(g, e)
+
+
+def test_blocked_convolutions_take_their_epilogue() -> None:
+    """After layout selection, a blocked conv's bias/ReLU run inside the conv's group, and the
+    compiled result still equals the reference of the unblocked graph."""
+    from kiln.compiler import build
+    from kiln.compiler.passes.pipeline import optimize
+
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType(DType.F32, (1, 16, 10, 10)))
+    rng = np.random.default_rng(3)
+    w = b.constant(rng.standard_normal((32, 16, 3, 3)).astype(np.float32))
+    conv = b.add1(Op.CONV, [x, w], {"pads": [1, 1, 1, 1]})
+    graph = b.finish([b.add1(Op.RELU, [conv])])
+    optimized = optimize(graph, 3)
+    groups = [n for n in optimized.nodes if n.op is Op.FUSED]
+    assert any(inner.op is Op.CONV_NCHWC for g in groups for inner in g.attrs["body"].nodes)
+    assert not any(n.op is Op.RELU for n in optimized.nodes)
+    feeds = {"x": rng.standard_normal((1, 16, 10, 10)).astype(np.float32)}
+    np.testing.assert_allclose(build(graph, opt_level=3).run(feeds)[0],
+                               reference.run(graph, feeds)[0], rtol=1e-4, atol=1e-4)

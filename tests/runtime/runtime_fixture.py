@@ -15,6 +15,13 @@ from kiln.compiler.artifact.link import include_dir
 
 HERE = Path(__file__).resolve().parent
 N = 4099
+# kiln_runtime.c's KILN_CHUNKS_PER_THREAD: a parallel loop is split into this many chunks per
+# thread (claimed dynamically); one thread runs the loop whole.
+CHUNKS_PER_THREAD = 4
+
+
+def expected_chunks(threads: int, n: int = N) -> int:
+    return 1 if threads == 1 else min(n, threads * CHUNKS_PER_THREAD)
 WEIGHTS = (np.arange(N, dtype=np.float32) * 0.5 - 7.0).astype(np.float32)
 INPUTS = [("x", "f32", (N,)), ("idx", "i64", ()), ("delay_ms", "i32", ()), ("h", "bf16", (3,))]
 OUTPUTS = [("out", "f32", (N,)), ("sel", "f32", ()), ("chunks", "i32", ()),

@@ -14,9 +14,12 @@ The five functions that dominate ML activations are emitted inline as branch-fre
   coefficients); otherwise sign(x) (1 - 2 / (exp(2|x|) + 1)).
 - ``sigmoid``: e = exp(-|x|), then 1 / (1 + e) for x >= 0 and e / (1 + e) below, so neither
   side overflows and tiny results keep their precision.
-- ``erf``: fdlibm's four-interval scheme (rational approximations on [0, 0.84375),
-  [0.84375, 1.25), [1.25, 1/0.35), [1/0.35, 6), and +-1 beyond), every interval computed and
-  the right one selected; the erfc tail uses one inline ``exp``.
+- ``erf``: f32: three polynomial pieces and no division (x + x g(x^2) below 0.84375,
+  erf(1) + m(|x| - 1) below 1.5, 1 - exp(k(|x|) - x^2) below 3.925 and 1 beyond, k(a) =
+  log(erfc(a)) + a^2 being smooth), each a minimax fit found in f64 for this code; f64:
+  fdlibm's four-interval scheme (rational approximations on [0, 0.84375), [0.84375, 1.25),
+  [1.25, 1/0.35), [1/0.35, 6), and +-1 beyond), every interval computed and the right one
+  selected; the erfc tail uses one inline ``exp``.
 
 NaN propagates through all five. Measured maximum error (1M points per function and type:
 log-uniform over the whole finite range, both signs, plus subnormals, specials and a dense
@@ -29,7 +32,7 @@ tests/codegen/test_math.py asserts:
     log        0.78           0.80           1 / 1
     tanh       1.29           1.30           1.5 / 1.5
     sigmoid    2.03           2.14           2.5 / 2.5
-    erf        0.86           1.00           1 / 1.5
+    erf        0.81           1.00           1 / 1.5
 
 (ulp: units in the last place of the exact result; in the subnormal range one ulp is the
 smallest subnormal.) Other transcendental ops call LLVM intrinsics or libm in f64.
@@ -89,6 +92,24 @@ _ERF_RB = (0.0, -4.83519191608651397019e+02, -1.02509513161107724954e+03,
 _ERF_SB = (0.0, -2.24409524465858183362e+01, 4.74528541206955367215e+02,
            2.55305040643316442583e+03, 3.19985821950859553908e+03, 1.53672958608443695994e+03,
            3.25792512996573918826e+02, 3.03380607434824582924e+01, 1.0)
+# f32 erf, division-free (found by a minimax fit in f64, checked by the f32 error sweep of
+# tests/codegen/test_math.py); highest degree first:
+# |x| < 0.84375: erf = x + x g(x^2)
+_ERF32_SMALL = (-0.000635999022051692, 0.005058677401393652, -0.026807021349668503,
+                0.11282824724912643, -0.3761258125305176, 0.12837916612625122)
+# 0.84375 <= |x| < 1.5: erf = erf(1) + m(|x| - 1)
+_ERF32_ONE = 0.8427007794380188
+_ERF32_MIDDLE = (0.007361123804003, 0.008186380378901958, -0.069556824862957,
+                 0.06906984746456146, 0.13838964700698853, -0.4151065945625305,
+                 0.4151073396205902, 1.1727971482855537e-08)
+_ERF32_MIDDLE_END = 1.5
+# 1.5 <= |x| < 3.925 (beyond, erf rounds to 1): erf = 1 - exp(k(|x| - 2.7125) - x^2), where
+# k(a) = log(erfc(a)) + a^2 is smooth
+_ERF32_TAIL_CENTRE = 2.7125
+_ERF32_TAIL = (-1.0556755114521366e-05, 6.445838516810909e-05, -0.0003332436899654567,
+               0.0017624308820813894, -0.009193889796733856, 0.0497339628636837,
+               -0.33022746443748474, -1.629326343536377)
+_ERF32_TAIL_END = 3.925
 
 
 def declare(module: ir.Module, name: str, ret: ir.Type, args: Sequence[ir.Type]) -> ir.Function:
@@ -157,17 +178,23 @@ def exp(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
     clamped = b.select(f.b.fcmp_ordered(">", x, f.c(high)), f.c(high), x)
     clamped = b.select(f.lt(clamped, low), f.c(low), clamped)
     clamped = b.select(nan, f.c(0.0), clamped)
-    n = intrinsic(b, "roundeven", b.fmul(clamped, f.c(1.0 / math.log(2.0))))
-    ln2_hi, ln2_lo = _LN2[f.double]
-    r = f.fma(n, f.c(-ln2_hi), clamped)
-    r = f.fma(n, f.c(-ln2_lo), r)
-    degree = 13 if f.double else 7
-    p = f.poly(r, [1.0 / math.factorial(k) for k in range(degree, -1, -1)])
+    p, ni = _exp_reduced(f, clamped)
     # 2^n split in two factors: n reaches 1025 / -1076 (f64), beyond one exponent field
-    ni = b.fptosi(n, f.int)
     half = b.ashr(ni, f.i(1))
     result = b.fmul(b.fmul(p, f.pow2(half)), f.pow2(b.sub(ni, half)))
     return b.select(nan, x, result)
+
+
+def _exp_reduced(f: _Float, x: ir.Value) -> tuple[ir.Value, ir.Value]:
+    """exp(x) = p * 2^n for finite x in exp's clamped range: (p, n as an integer)."""
+    b = f.b
+    n = intrinsic(b, "roundeven", b.fmul(x, f.c(1.0 / math.log(2.0))))
+    ln2_hi, ln2_lo = _LN2[f.double]
+    r = f.fma(n, f.c(-ln2_hi), x)
+    r = f.fma(n, f.c(-ln2_lo), r)
+    degree = 13 if f.double else 7
+    p = f.poly(r, [1.0 / math.factorial(k) for k in range(degree, -1, -1)])
+    return p, b.fptosi(n, f.int)
 
 
 def log(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
@@ -221,6 +248,31 @@ def sigmoid(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
 
 def erf(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
     f = _Float(b, x.type)
+    return _erf64(f, x) if f.double else _erf32(f, x)
+
+
+def _erf32(f: _Float, x: ir.Value) -> ir.Value:
+    """Three polynomial pieces and one exp, every piece computed and the right one selected:
+    no division, half the work of the f64 scheme at the same accuracy in f32."""
+    b = f.b
+    a = intrinsic(b, "fabs", x)
+    small = f.fma(x, f.poly(b.fmul(x, x), _ERF32_SMALL), x)
+    middle = b.fadd(f.c(_ERF32_ONE), f.poly(b.fsub(a, f.c(1.0)), _ERF32_MIDDLE))
+    # the tail on |x| clamped into its interval (NaN too), so exp's argument stays in range
+    t = b.select(f.lt(a, _ERF32_TAIL_END), a, f.c(_ERF32_TAIL_END))
+    t = b.select(f.lt(t, _ERF32_MIDDLE_END), f.c(_ERF32_MIDDLE_END), t)
+    exponent = f.fma(b.fneg(t), t, f.poly(b.fsub(t, f.c(_ERF32_TAIL_CENTRE)), _ERF32_TAIL))
+    p, n = _exp_reduced(f, exponent)
+    tail = b.fsub(f.c(1.0), b.fmul(p, f.pow2(n)))
+    result = b.select(f.lt(a, _ERF32_TAIL_END), tail, f.c(1.0))
+    result = b.select(f.lt(a, _ERF32_MIDDLE_END), middle, result)
+    result = intrinsic(b, "copysign", result, x)
+    result = b.select(f.lt(a, 0.84375), small, result)
+    return b.select(f.is_nan(x), x, result)
+
+
+def _erf64(f: _Float, x: ir.Value) -> ir.Value:
+    b = f.b
     a = intrinsic(b, "fabs", x)
     z = b.fmul(x, x)
     # |x| < 0.84375: x + x P(z) / Q(z)

@@ -42,6 +42,7 @@ from ..kernel_ir import (
     block,
 )
 from ..registry import LowerContext
+from .nn_common import ravel, unravel
 
 # Body constants are written element by element by the kernel's prologue; larger ones would
 # need a weights buffer, which a lowering cannot add yet.
@@ -115,7 +116,7 @@ class InlinedBody:
         body = rebuild_body(ctx, graph, input_types)
         self.graph = body
         try:
-            lowered: LoweredGraph = lower_graph(body)
+            lowered: LoweredGraph = lower_graph(body, ctx.machine)
         except KilnError as error:
             raise ctx.fail(f"body {graph.name!r}: {error}") from None
         own_inputs = body.inputs[:len(input_types)]
@@ -123,6 +124,7 @@ class InlinedBody:
         free_names = {b.name for b in self.free}
         self.bindings = {own_inputs[i].name: bind for i, bind in bindings.items()}
         self.constants = lowered.constants
+        self.shapes = {name: buffer.shape for name, buffer in lowered.buffers.items()}
         self.renamed: dict[str, Buffer] = {}
         self.prologue: list[Stmt] = []
         for buffer in lowered.buffers.values():
@@ -183,14 +185,25 @@ class InlinedBody:
     def var(self, var: Var) -> Var:
         return Var(self.prefix + var.name, var.dtype)
 
+    def own_indices(self, access: Buffer, indices: tuple[Expr, ...]) -> tuple[Expr, ...]:
+        """``indices`` of an access through a view of another shape (merged axes, a flat
+        view), as indices of the body value's own shape."""
+        shape = self.shapes.get(access.name, access.shape)
+        if shape == access.shape:
+            return indices
+        return tuple(unravel(ravel(indices, access.shape), shape))
+
     def rewriter(self) -> Rewriter:
         """Maps the lowered body's kernels into this kernel: body values read through their
         bindings, buffers to this kernel's, variables prefixed with the node's name."""
         return Rewriter(
-            on_load=lambda load: self.value(load.buffer.name, load.indices),
-            on_store=lambda store: Store(self.buffer(store.buffer.name), store.indices,
+            on_load=lambda load: self.value(load.buffer.name, self.own_indices(load.buffer,
+                                                                                load.indices)),
+            on_store=lambda store: Store(self.buffer(store.buffer.name),
+                                         self.own_indices(store.buffer, store.indices),
                                          store.value),
             on_var=self.var,
+            expand_tiles=True,  # a body value may be bound to an expression, not a buffer
         )
 
     def body(self) -> Block:

@@ -16,9 +16,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ...ir.op import Op
 from ...ir.types import DType
-from ..kernel_ir import Binary, Compare, Expr, Kernel, Stmt, Unary, select
+from ..kernel_ir import Binary, Compare, Const, Expr, Kernel, Stmt, Unary, as_expr, select
 from ..registry import LowerContext, lowering
 from .common import broadcast_index, const
 from .elementwise_scalar import (
@@ -146,10 +148,34 @@ def _pow(base: Expr, exponent: Expr, attrs: Attrs) -> Expr:
     """The result has the base's type: float bases take the exponent in their compute type;
     integer bases go through float64 for float exponents and stay exact for integer ones."""
     if base.dtype.is_float:
+        if isinstance(exponent, Const):
+            special = _float_power(base, float(exponent.value))
+            if special is not None:
+                return special
         return Binary("pow", base, exponent.cast(base.dtype))
     if exponent.dtype.is_float:
         return Binary("pow", base.cast(DType.F64), exponent.cast(DType.F64))
     return Binary("pow", base, exponent.cast(base.dtype))
+
+
+def _float_power(x: Expr, exponent: float) -> Expr | None:
+    """x ** exponent without the libm call for the exponents models use (x^2 and x^3 in
+    GELU, x^0.5, reciprocals); None for the others. x * x and 1 / x round as pow does; x^3 as
+    (x * x) * x is within an ulp of it (what onnxruntime computes too); x^0.5 is sqrt(x), as
+    numpy computes a power by one 0.5 (sqrt(-0) = -0, sqrt(-inf) = NaN)."""
+    if exponent == 0:
+        return const(1, x.dtype)  # even for NaN
+    if exponent == 1:
+        return x
+    if exponent == 2:
+        return x * x
+    if exponent == 3:
+        return x * x * x
+    if exponent == -1:
+        return divide(1, x)
+    if exponent == 0.5:
+        return Unary("sqrt", x)
+    return None
 
 
 def _compare(op: str) -> Callable[[Expr, Expr, Attrs], Expr]:
@@ -230,12 +256,22 @@ def elementwise_expr(op: Op, attrs: Attrs, operands: Operands, out_dtype: DType)
 @lowering(*SCALAR)
 def lower_elementwise(ctx: LowerContext) -> list[Kernel]:
     """One kernel: for each output position, the op's expression of its operands' elements
-    (numpy broadcasting), rounded to the output type."""
+    (numpy broadcasting), rounded to the output type. One-element constant operands are
+    immediates (the expression can then specialize on them, e.g. Pow by 2)."""
     out = ctx.output()
     operands = [ctx.input(i) if ctx.has_input(i) else None for i in range(len(ctx.inputs))]
+    immediates = [_immediate(ctx.const(i)) for i in range(len(ctx.inputs))]
 
     def body(index: list[Expr]) -> Stmt:
-        values = [None if b is None else b.load(*broadcast_index(index, b)) for b in operands]
+        values = [immediate if b is None or immediate is not None else
+                  b.load(*broadcast_index(index, b))
+                  for b, immediate in zip(operands, immediates, strict=True)]
         return out.store(index, elementwise_expr(ctx.op, ctx.attrs, values, out.dtype))
 
     return [ctx.kernel(loop_over(out.shape, body, "i", out.numel, vectorize=True))]
+
+
+def _immediate(data: np.ndarray | None) -> Expr | None:
+    if data is None or data.size != 1:
+        return None
+    return as_expr(data.reshape(-1)[0].item(), DType.from_numpy(data.dtype))

@@ -6,7 +6,8 @@
   integer division and remainder that are defined for every operand).
 - ``loop_over``: the loop nest over an output shape with the schedule every lowering of these
   families uses (innermost loop vectorized, outermost non-trivial loop parallel when the work is
-  large; a lone long axis is split into parallel chunks of vectorized loops).
+  large; a lone long axis is split into parallel chunks of vectorized loops), after merging
+  the axes every access walks together into one (``collapse_axes``).
 """
 
 from __future__ import annotations
@@ -15,14 +16,26 @@ import math
 from collections.abc import Callable, Sequence
 
 from ...ir.types import DType
+from ..inline import Rewriter, walk
 from ..kernel_ir import (
+    Assign,
     Binary,
+    Block,
+    Buffer,
+    Cast,
+    Compare,
     Const,
+    Declare,
     Expr,
     ExprLike,
+    If,
+    Load,
     Loop,
     LoopKind,
+    Report,
+    Select,
     Stmt,
+    Store,
     Unary,
     Var,
     binary,
@@ -79,6 +92,11 @@ def fmin(a: ExprLike, b: ExprLike) -> Binary:
 
 def _dtype_of(a: ExprLike, b: ExprLike) -> DType:
     return (a if isinstance(a, Expr) else b).dtype  # type: ignore[union-attr]
+
+
+def add(a: Expr, b: Expr) -> Expr:
+    """a + b, as a function (the combine of sum folds)."""
+    return a + b
 
 
 def both(a: Expr, b: Expr) -> Binary:
@@ -179,24 +197,35 @@ def loop_over(
     prefix: str,
     work: int,
     vectorize: bool,
+    collapse: bool = True,
 ) -> Stmt:
     """Loops over every position of ``shape``, calling ``make_body`` with the index expressions.
 
     The innermost loop is VECTORIZE when ``vectorize`` (the body must then carry no dependence
-    across positions). When ``work`` (the elements the whole nest touches) reaches
-    PARALLEL_WORK, the outermost loop of extent > 1 is PARALLEL; if that is the innermost loop
-    of a vectorized nest, it is split into parallel chunks of CHUNK vectorized positions."""
+    across positions); a vectorized nest first merges adjacent axes that every access walks
+    together (``collapse_axes``, unless ``collapse`` is False), so [1,64,56,56] + [1,64,1,1]
+    runs as 64 rows of 3136, not as 3584 rows of 56. When ``work`` (the elements the whole
+    nest touches) reaches PARALLEL_WORK, the outermost loop of extent > 1 is PARALLEL; if that
+    is the innermost loop of a vectorized nest, it is split into parallel chunks of CHUNK
+    vectorized positions."""
+    variables = [Var(f"{prefix}{axis}") for axis in range(len(shape))]
+    indices: list[Expr] = [const(0, DType.I64) if n == 1 else v
+                           for n, v in zip(shape, variables, strict=True)]
+    body = make_body(indices)
+    shape = list(shape)
+    if vectorize and collapse:
+        # a lone parallel axis would be split into chunks, whose digits LLVM cannot fold
+        shape, variables, body = collapse_axes(shape, variables, body,
+                                               keep_first=work >= PARALLEL_WORK)
     rank = len(shape)
-    variables = [Var(f"{prefix}{axis}") for axis in range(rank)]
     parallel = None
     if work >= PARALLEL_WORK:
         parallel = next((axis for axis, n in enumerate(shape) if n > 1), None)
     split = vectorize and parallel == rank - 1 and shape[-1] > CHUNK
-    chunk = Var(f"{prefix}_chunk")
-    indices: list[Expr] = list(variables)
     if split:
-        indices[-1] = chunk * CHUNK + variables[-1]
-    body = make_body(indices)
+        chunk = Var(f"{prefix}_chunk")
+        inner = variables[-1]
+        body = substitute_var(body, inner, chunk * CHUNK + inner)
     for axis in reversed(range(rank)):
         kind = LoopKind.SERIAL
         extent: Expr = Const(int(shape[axis]), DType.I64)
@@ -211,3 +240,132 @@ def loop_over(
             body = Loop(chunk, Const(-(-shape[axis] // CHUNK), DType.I64), body,
                         LoopKind.PARALLEL)
     return body
+
+
+def substitute_var(body: Stmt, var: Var, value: Expr) -> Stmt:
+    """``body`` with every use of ``var`` replaced by ``value``."""
+    return Rewriter(on_var=lambda v: value if v is var else v).stmt(body)  # type: ignore[arg-type, return-value]
+
+
+def collapse_axes(shape: Sequence[int], variables: Sequence[Var], body: Stmt,
+                  keep_first: bool = False) -> tuple[list[int], list[Var], Stmt]:
+    """Merge adjacent loop axes that every buffer access of ``body`` walks together.
+
+    Axes a < b (consecutive among the axes of extent > 1) merge when each loop index is used
+    only as a whole index of a load or store, and every access either indexes with neither,
+    or with both at positions of its (row-major) buffer that are adjacent but for unit
+    extents, of the loop's extents. A merged group loops one index over the product of its
+    extents, and each access reads a view of its buffer (same name, same memory, another
+    shape: kernel_ir's views) with the group's axes made one. (Digits of the merged index on
+    the original axes would need LLVM to fold the divisions back into a linear address,
+    which it does not reliably: vector divisions and gathers.) With ``keep_first`` the first
+    looped axis stays on its own (the parallel axis)."""
+    unchanged = list(shape), list(variables), body
+    looped = [a for a, n in enumerate(shape) if n > 1]
+    if len(looped) < 2 + keep_first:
+        return unchanged
+    loop_vars = {id(variables[a]): a for a in looped}
+    accesses: list[Load | Store] = []
+    for node in walk(body):
+        if isinstance(node, Stmt) and not isinstance(node, _PLAIN_STMTS):
+            return unchanged  # e.g. a matmul tile: left alone
+        if isinstance(node, Load | Store):
+            accesses.append(node)
+            if node.buffer.strides is not None:
+                return unchanged
+            direct = node.indices
+        else:
+            direct = ()
+        for child in _children(node):
+            if id(child) in loop_vars and not any(child is i for i in direct):
+                return unchanged  # used in arithmetic
+    # per access: loop axis -> position in the buffer (absent: the access ignores the axis)
+    positions: list[dict[int, int]] = []
+    for access in accesses:
+        found: dict[int, int] = {}
+        for position, index in enumerate(access.indices):
+            axis = loop_vars.get(id(index))
+            if axis is not None:
+                if axis in found:
+                    return unchanged  # one index at two positions
+                found[axis] = position
+        positions.append(found)
+
+    def mergeable(a: int, b: int) -> bool:
+        for access, found in zip(accesses, positions, strict=True):
+            if (a in found) != (b in found):
+                return False
+            if a in found:
+                p, q = found[a], found[b]
+                extents = access.buffer.shape
+                if q <= p or extents[p] != shape[a] or extents[q] != shape[b] or any(
+                        extents[r] != 1 for r in range(p + 1, q)):
+                    return False
+        return True
+
+    groups: list[list[int]] = [[looped[0]]]
+    for axis in looped[1:]:
+        if mergeable(groups[-1][-1], axis) and not (keep_first and groups[-1][0] == looped[0]):
+            groups[-1].append(axis)
+        else:
+            groups.append([axis])
+    if len(groups) == len(looped):
+        return unchanged
+    first_of = {id(variables[g[0]]): g for g in groups}
+
+    def view(access: Load | Store) -> tuple[Buffer, tuple[Expr, ...]]:
+        """The access through a view of its buffer with each merged group's positions (and
+        the unit extents between them) made one axis, indexed by the group's loop index."""
+        extents, indices = access.buffer.shape, access.indices
+        new_extents: list[int] = []
+        new_indices: list[Expr] = []
+        position = 0
+        while position < len(indices):
+            index = indices[position]
+            group = first_of.get(id(index))
+            end = position if group is None else next(
+                p for p, i in enumerate(indices) if i is variables[group[-1]])
+            new_extents.append(math.prod(extents[position:end + 1]))
+            new_indices.append(index)
+            position = end + 1
+        buffer = access.buffer
+        return Buffer(buffer.name, buffer.dtype, tuple(new_extents)), tuple(new_indices)
+
+    def on_load(load: Load) -> Expr:
+        return Load(*view(load))
+
+    def on_store(store: Store) -> Stmt:
+        return Store(*view(store), store.value)
+
+    # the rewriter hands the callbacks accesses whose indices are the original Var objects
+    merged = Rewriter(on_load=on_load, on_store=on_store).stmt(body)
+    return ([math.prod(shape[a] for a in g) for g in groups], [variables[g[0]] for g in groups],
+            merged)
+
+
+_PLAIN_STMTS = (Store, Block, Loop, If, Declare, Assign, Report)
+
+
+def _children(node: Stmt | Expr) -> tuple[Stmt | Expr, ...]:
+    """The expressions and statements directly inside ``node``."""
+    if isinstance(node, Load):
+        return node.indices
+    if isinstance(node, Store):
+        return (*node.indices, node.value)
+    if isinstance(node, Unary | Cast):
+        return (node.x,)
+    if isinstance(node, Binary | Compare):
+        return (node.a, node.b)
+    if isinstance(node, Select):
+        return (node.cond, node.a, node.b)
+    if isinstance(node, Block):
+        return node.body
+    if isinstance(node, Loop):
+        return (node.extent, node.body)
+    if isinstance(node, If):
+        return (node.cond, node.then) + (() if node.otherwise is None else (node.otherwise,))
+    if isinstance(node, Declare):
+        return (node.init,)
+    if isinstance(node, Assign):
+        return (node.value,)
+    return ()

@@ -9,6 +9,9 @@ the loops at lowering time. Pad and CenterCropPad live in ``movement_pad``, Resi
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
 from ...ir.op import Op
 from ...ir.rules.movement import shape_bounds, slice_bounds, slice_params, split_sizes
 from ...ir.shapes import normalize_axes, normalize_axis
@@ -21,16 +24,23 @@ from ..kernel_ir import (
     Expr,
     If,
     Kernel,
+    Loop,
+    LoopKind,
     Report,
     Stmt,
     Var,
+    binary,
     block,
     select,
 )
 from ..registry import LowerContext, lowering
 from . import movement_bitcast, movement_pad, movement_resize  # noqa: F401 - registers
-from .common import affine, broadcast_index, const, idx
+from .common import PARALLEL_WORK, affine, broadcast_index, const, idx
 from .movement_loops import copy_reshaped, fill, loops, numel
+
+# Side of the square tiles of a transpose that moves the contiguous axis: a tile's input
+# lines (32 of 128 B) stay in the L1 cache while its output rows are written.
+TILE = 32
 
 
 @lowering(Op.RESHAPE, Op.FLATTEN, Op.SQUEEZE, Op.UNSQUEEZE)
@@ -53,7 +63,52 @@ def lower_transpose(ctx: LowerContext) -> list[Kernel]:
             source[in_axis] = o[out_axis]
         return out.store(o, data.load(*source))
 
+    last = len(perm) - 1
+    # Tiles pay off once the tensor outgrows the L2 cache (below, its lines stay cached from
+    # one output row to the next anyway, and the tile loops only add overhead).
+    if perm and perm[last] != last and data.nbytes > ctx.machine.l2_bytes // 2 and min(
+            out.shape[last], out.shape[perm.index(last)]) >= TILE:
+        return [ctx.kernel(_tiled(out.shape, perm.index(last), body))]
     return [ctx.kernel(loops(out.shape, body, "t"))]
+
+
+def _tiled(shape: Sequence[int], across: int, body: Callable[[list[Expr]], Stmt]) -> Stmt:
+    """The loops of a transpose whose output's contiguous axis is not the input's: the plane
+    of output axes ``across`` (the one walking the input's contiguous axis) and last is
+    visited in TILE x TILE tiles, so the lines a tile reads from the input stay in the L1
+    cache while it writes its output rows."""
+    last = len(shape) - 1
+    outer = [a for a in range(last) if a != across]
+    tiles = [Var("t_tile_a"), Var("t_tile_l")]
+    inner = [Var("t_a"), Var("t_l")]
+
+    def nest(index: list[Expr]) -> Stmt:
+        full = list(index)
+        for axis, tile, var in zip((across, last), tiles, inner, strict=True):
+            full[axis] = tile * TILE + var
+        stmt: Stmt = body(full)
+        for axis, tile, var, kind in ((last, tiles[1], inner[1], LoopKind.VECTORIZE),
+                                      (across, tiles[0], inner[0], LoopKind.SERIAL)):
+            extent = shape[axis]
+            count: Expr = idx(TILE) if extent % TILE == 0 else binary(
+                "min", idx(TILE), extent - tile * TILE)
+            stmt = Loop(var, count, stmt, kind)
+        for axis, tile in ((last, tiles[1]), (across, tiles[0])):
+            stmt = Loop(tile, idx(-(-shape[axis] // TILE)), stmt)
+        return stmt
+
+    def place(outer_index: list[Expr]) -> Stmt:
+        index: list[Expr] = [idx(0)] * len(shape)
+        for axis, value in zip(outer, outer_index, strict=True):
+            index[axis] = value
+        return nest(index)
+
+    total = numel(shape)
+    stmt = loops([shape[a] for a in outer], place, "t", work=total, vectorize=False)
+    if all(shape[a] == 1 for a in outer) and total >= PARALLEL_WORK:
+        assert isinstance(stmt, Loop)
+        stmt = replace(stmt, kind=LoopKind.PARALLEL)
+    return stmt
 
 
 def _block_copy(part: Buffer, whole: Buffer, axis: int, offset: int, into_whole: bool,

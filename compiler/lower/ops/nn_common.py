@@ -20,6 +20,7 @@ from ..kernel_ir import (
     Unary,
     Var,
 )
+from ..kernel_ir import unravel as unravel  # one definition, also used by MatmulTile
 from .common import PARALLEL_WORK, affine, const, idx
 
 # Below this many scalar operations a parallel loop costs more than it saves.
@@ -89,21 +90,6 @@ def nest(
 
 def add_to(acc: Var, value: Expr) -> Assign:
     return Assign(acc, acc + value)
-
-
-def unravel(flat: Expr, shape: Sequence[int]) -> list[Expr]:
-    """Row-major coordinates of the flat index ``flat`` in ``shape``."""
-    coords: list[Expr] = []
-    stride = math.prod(shape)
-    for extent in shape:
-        stride //= extent
-        if extent == 1:
-            coords.append(idx(0))
-            continue
-        part = flat if stride == 1 else flat // stride
-        # The first axis needs no remainder: the flat index is within the shape.
-        coords.append(part if not coords else part % extent)
-    return coords
 
 
 def ravel(coords: Sequence[Expr], shape: Sequence[int]) -> Expr:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from ...ir.op import Op
 from ...ir.rules.nn_geometry import (
@@ -20,9 +21,29 @@ from ...ir.rules.nn_geometry import (
     resolve_window,
 )
 from ...ir.types import DType
-from ..kernel_ir import Assign, Buffer, Declare, Expr, If, Kernel, Loop, Stmt, Unary, Var, block
+from ..kernel_ir import (
+    Assign,
+    Binary,
+    Buffer,
+    ContractAxis,
+    Declare,
+    Expr,
+    If,
+    Kernel,
+    Loop,
+    LoopKind,
+    MatmulTile,
+    Select,
+    Stmt,
+    Unary,
+    Var,
+    block,
+    flat_view,
+)
 from ..registry import LowerContext, lowering
+from ..schedules import conv as schedules
 from .common import const, idx
+from .conv_tiled import conv_shape, merged, pad_input, parallel_loop, vector_width
 from .nn_common import acc_dtype, add_to, nest, ravel, requantize, unravel
 from .nn_window import over_scatter_taps, over_window
 
@@ -104,7 +125,333 @@ def _float_conv(ctx: LowerContext, x: Buffer, w: Buffer, win: Window,
 def lower_conv(ctx: LowerContext) -> list[Kernel]:
     x, w = ctx.input(0), ctx.input(1)
     bias = ctx.input(2) if ctx.has_input(2) else None
+    if len(x.shape) == 4 and x.dtype in (DType.F32, DType.F64):
+        win = forward_window(ctx, x, w)
+        group = int(ctx.attr("group"))
+        if w.shape[1] == 1 and group > 1:
+            return [ctx.kernel(_depthwise(ctx, win, group))]
+        return [ctx.kernel(_tiled(ctx, win, group))]
     return [ctx.kernel(_float_conv(ctx, x, w, forward_window(ctx, x, w), bias))]
+
+
+@dataclass(frozen=True)
+class Phased:
+    """An NCHW input as the stride-1 view of a window: ``buffer`` [N, C, SH * SW, HQ, WQ]
+    holds, in phase plane (ph, pw), the padded input's pixels (i * SH + ph, j * SW + pw) (zero
+    in the padding). Output pixel (oh, ow) reads tap (kh, kw) at plane ``phase(kh, kw)``,
+    position (oh, ow) + ``shift(kh, kw)``: contiguous along ow whatever the stride."""
+
+    buffer: Buffer
+    win: Window
+
+    @property
+    def width(self) -> int:
+        return self.buffer.shape[4]
+
+    @property
+    def plane(self) -> int:
+        return self.buffer.shape[3] * self.buffer.shape[4]
+
+    def phase(self, r: int, q: int) -> int:
+        (sh, sw), (dh, dw) = self.win.strides, self.win.dilations
+        return (r * dh % sh) * sw + q * dw % sw
+
+    def shift(self, r: int, q: int) -> int:
+        """The tap's offset from the output pixel's position, in elements of one plane."""
+        (sh, sw), (dh, dw) = self.win.strides, self.win.dilations
+        return r * dh // sh * self.width + q * dw // sw
+
+
+def phase_extent(win: Window) -> tuple[int, int]:
+    """Rows and columns of each phase plane of a window's padded input."""
+    (sh, sw), (dh, dw) = win.strides, win.dilations
+    return (int(win.out[0]) + (win.kernel[0] - 1) * dh // sh,
+            int(win.out[1]) + (win.kernel[1] - 1) * dw // sw)
+
+
+def phase_rows(x: Buffer, win: Window, dst: Buffer, dst_base: Expr, plane: Expr,
+               i: Expr) -> Stmt:
+    """Fill row ``i`` of every phase plane of input plane ``plane`` (n * C + c) of ``x`` into
+    the flat ``dst`` from element ``dst_base`` on (the SH * SW phases of HQ x WQ each, in
+    order); zeros where the row or column lies in the padding."""
+    height, width = x.shape[2:]
+    (sh, sw), (top, left) = win.strides, win.pads[:2]
+    rows, cols = phase_extent(win)
+    src = flat_view(x)
+    j = Var("pj")
+    zero = const(0, x.dtype)
+    fills: list[Stmt] = []
+    for ph in range(sh):
+        ih = i * sh + (ph - top)
+        copies: list[Stmt] = []
+        zeros: list[Stmt] = []
+        for pw in range(sw):
+            base = dst_base + ((ph * sw + pw) * rows + i) * cols
+            # columns j whose input column j * sw + pw - left lies in [0, width)
+            lo = min(cols, max(0, -(-(left - pw) // sw)))
+            hi = max(lo, min(cols, -(-(width + left - pw) // sw)))
+            zeros.append(Loop(j, idx(cols), dst.store([base + j], zero)))
+            row: list[Stmt] = [Loop(j, idx(lo), dst.store([base + j], zero))] if lo else []
+            if hi > lo:
+                row.append(Loop(j, idx(hi - lo), dst.store(
+                    [base + lo + j], src.load((plane * height + ih) * width
+                                              + (j + lo) * sw + (pw - left)))))
+            if cols > hi:
+                row.append(Loop(j, idx(cols - hi), dst.store([base + hi + j], zero)))
+            copies.append(block(row))
+        fills.append(If(Binary("and", ih >= 0, ih < height), block(copies), block(zeros)))
+    return block(fills)
+
+
+def phased_input(ctx: LowerContext, x: Buffer, win: Window) -> tuple[Phased, Stmt | None]:
+    """``x`` split into the window's phase planes (see ``Phased``), zero padded, and the fill
+    (None when a stride-1 window reads no padding: then the view is ``x`` itself)."""
+    batch, channels = x.shape[:2]
+    if win.strides == (1, 1):
+        padded, fill = pad_input(ctx, x, win)
+        _, _, rows, cols = padded.shape
+        return Phased(Buffer(padded.name, padded.dtype, (batch, channels, 1, rows, cols)),
+                      win), fill
+    rows, cols = phase_extent(win)
+    phased = ctx.scratch("phased", x.dtype, (batch, channels, math.prod(win.strides), rows,
+                                             cols))
+    r = Var("pr")
+    plane, i = unravel(r, (batch * channels, rows))
+    fill = phase_rows(x, win, flat_view(phased), plane * (phased.numel // (batch * channels)),
+                      plane, i)
+    return Phased(phased, win), parallel_loop(r, batch * channels * rows, fill, phased.numel)
+
+
+# Parallel slots of the depthwise NCHW conv: each has its own scratch plane and works through
+# every SLOTS-th channel, so a plane is padded, convolved and finished while in cache.
+SLOTS = 16
+
+
+def _depthwise(ctx: LowerContext, win: Window, group: int) -> Stmt:
+    """One input channel per group. Each output channel's plane: its input plane copied into
+    the slot's phase planes (zero padded), then computed over the planes' width (one long
+    vectorized loop rounded up to whole vectors, the taps unrolled, the weights
+    loop-invariant scalars) into the slot's wide plane, then copied out with the bias (the
+    columns past the output width dropped)."""
+    x, w, out = ctx.input(0), ctx.input(1), ctx.output()
+    bias = ctx.input(2) if ctx.has_input(2) else None
+    batch, channels_out, out_h, out_w = out.shape
+    multiplier = channels_out // group
+    lanes = schedules.lanes_of(ctx.machine, x.dtype)
+    rows, cols = phase_extent(win)
+    phases = math.prod(win.strides)
+    pixels = -(-((out_h - 1) * cols + out_w) // lanes) * lanes
+    plane_size = phases * rows * cols + pixels  # room for the rounded-up loop's reads
+    wide_size = max(pixels, out_h * cols)
+    tasks = batch * channels_out
+    slots = min(SLOTS, tasks)
+    planes = ctx.scratch("phased", x.dtype, (slots, plane_size))
+    wide = ctx.scratch("wide", x.dtype, (slots, wide_size))
+    slot, task, i, p = Var("slot"), Var("task"), Var("i"), Var("p")
+    index = slot + task * slots
+    n, m = unravel(index, (batch, channels_out))
+    c = m if multiplier == 1 else m // multiplier
+    view = Phased(Buffer(planes.name, x.dtype, (slots, 1, phases, rows, cols)), win)
+    fill = Loop(i, idx(rows), phase_rows(x, win, flat_view(planes), slot * plane_size,
+                                         n * x.shape[1] + c, i))
+    source = flat_view(planes)
+    value: Expr | None = None
+    for r in range(win.kernel[0]):
+        for q in range(win.kernel[1]):
+            at = slot * plane_size + view.phase(r, q) * view.plane + view.shift(r, q) + p
+            term = source.load(at) * w.load(m, 0, r, q)
+            value = term if value is None else value + term
+    assert value is not None
+    compute = Loop(p, idx(pixels), wide.store([slot, p], value), LoopKind.VECTORIZE,
+                   vector_width(ctx, x.dtype, pixels))
+    oh, ow = Var("oh"), Var("ow")
+    result: Expr = wide.load(slot, oh * cols + ow)
+    if bias is not None:
+        result = result + bias.load(m)
+    finish = Loop(oh, idx(out_h), Loop(ow, idx(out_w), out.store([n, m, oh, ow], result),
+                                       LoopKind.VECTORIZE, vector_width(ctx, x.dtype, out_w)))
+    count = (tasks - slot + (slots - 1)) // slots
+    body = Loop(task, count, block(fill, compute, finish))
+    return parallel_loop(slot, slots, body, out.numel * math.prod(win.kernel))
+
+
+@dataclass(frozen=True)
+class _Taps:
+    """Kernel taps a run of tiles contracts over: offsets of the first tap in A (the weights
+    of one output channel) and B (one input channel's rows), and the tap axes after the
+    channel axis (extent, A stride, B stride)."""
+
+    a_offset: int
+    b_offset: int
+    axes: tuple[tuple[int, int, int], ...]
+
+
+def _tap_classes(view: Phased) -> list[_Taps]:
+    """The taps grouped so each group's B offsets are affine: all of them for stride 1; per
+    phase plane for strided windows (dilation 1): taps (ph + t * SH, pw + u * SW)."""
+    win = view.win
+    (kh, kw), (sh, sw), (dh, dw) = win.kernel, win.strides, win.dilations
+    if (sh, sw) == (1, 1):
+        return [_Taps(0, 0, ((kh, kw, dh * view.width), (kw, 1, dw)))]
+    return [_Taps(ph * kw + pw, view.phase(ph, pw) * view.plane,
+                  ((-(-(kh - ph) // sh), sh * kw, view.width), (-(-(kw - pw) // sw), sw, 1)))
+            for ph in range(min(sh, kh)) for pw in range(min(sw, kw))]
+
+
+def _tiled(ctx: LowerContext, win: Window, group: int) -> Stmt:
+    """Conv on NCHW tensors as matmul tiles: rows = output channels of a group (A: the weights
+    as they are, rows K = C/group * KH * KW apart), columns = output pixels, contraction =
+    (input channel, kernel row, kernel column). The pixels are read as B rows: in place for a
+    1x1 stride-1 unpadded conv; else from the phase planes of the padded input (``Phased``),
+    where output pixel (oh, ow) is at oh * WQ + ow, so each tap is one offset and a row of B
+    is contiguous (the WQ - OW columns past each output row are computed and dropped: the
+    tiles write a scratch of rows WQ wide that the finish copies out). A strided window's
+    taps split by phase plane, each group a run of tiles accumulating into the same outputs.
+    Windows both strided and dilated gather their columns into an im2col scratch instead. A
+    task computes some output rows for some blocks of output channels of one image and group,
+    over every contraction chunk, then finishes them (bias, fused epilogue)."""
+    x, w, out = ctx.input(0), ctx.input(1), ctx.output()
+    bias = ctx.input(2) if ctx.has_input(2) else None
+    batch, channels = x.shape[:2]
+    _, channels_out, out_h, out_w = out.shape
+    taps = math.prod(win.kernel)
+    per_in, per_out = channels // group, channels_out // group
+    shape = conv_shape("plain", x, out, win, per_in, per_out, group, 0)
+    s = schedules.choose(ctx.machine, shape)
+    lanes = schedules.lanes_of(ctx.machine, x.dtype)
+    rows, cols = s.rows, s.cols * lanes
+    k = per_in * taps
+    stmts: list[Stmt] = []
+    strided, dilated = win.strides != (1, 1), win.dilations != (1, 1)
+    if taps == 1 and not strided and not any(win.pads) and x.shape[2:] == out.shape[2:]:
+        source, width, channel_stride = x, out_w, out_h * out_w
+        classes = [_Taps(0, 0, ())]
+    elif strided and dilated:
+        source, width = _im2col(ctx, win, stmts), out_w
+        channel_stride = taps * out_h * out_w
+        classes = [_Taps(0, 0, ((taps, 1, out_h * out_w),))]
+    else:
+        view, fill = phased_input(ctx, x, win)
+        if fill is not None:
+            stmts.append(fill)
+        source, width = view.buffer, view.width
+        channel_stride = view.buffer.numel // (batch * channels)
+        classes = _tap_classes(view)
+    target = out if width == out_w else ctx.scratch("wide", x.dtype,
+                                                    (batch, channels_out, out_h * width))
+    # Pixels a task covers: ``task_rows`` output rows; the last row stops at OW.
+    task_rows = min(s.task_rows, out_h)
+    chunks = -(-out_h // task_rows)
+    last_pixels = (out_h - (chunks - 1) * task_rows - 1) * width + out_w
+    chunk = s.k_chunk or per_in
+    k_chunks = per_in // chunk
+    full_blocks, rest_rows = divmod(per_out, rows)
+    row_blocks = full_blocks + (rest_rows > 0)
+    per_task = min(s.task_blocks or row_blocks, row_blocks)
+    block_tasks = -(-row_blocks // per_task)
+    t = Var("t")
+    n, grp, mc, c = unravel(t, (batch, group, block_tasks, chunks))
+    p0 = c * (task_rows * width)
+    in_image = source.numel // batch
+    out_plane = out_h * width
+    first_block = mc * per_task
+
+    def sweep(length: int, kc: Expr, taps_of: _Taps, acc: bool) -> list[Stmt]:
+        """Every tile of the task's ``length`` pixels for contraction chunk ``kc``."""
+        axes = merged([ContractAxis(chunk, taps, channel_stride),
+                       *(ContractAxis(*a) for a in taps_of.axes)])
+        a_base = (grp * per_out) * k + kc * (chunk * taps) + taps_of.a_offset
+        b_base = (n * in_image + (grp * per_in + kc * chunk) * channel_stride
+                  + taps_of.b_offset + p0)
+        c_base = (n * channels_out + grp * per_out) * out_plane + p0
+
+        def tile(mb: Expr, start: Expr, tile_rows: int, tile_cols: int) -> MatmulTile:
+            return MatmulTile(
+                target, c_base + mb * (rows * out_plane) + start, out_plane,
+                w, a_base + mb * (rows * k), k, source, b_base + start, tile_rows,
+                tile_cols, axes, acc)
+
+        def over_pixels(mb: Expr, tile_rows: int) -> list[Stmt]:
+            full, rest = divmod(length, cols)
+            p = Var("p")
+            found: list[Stmt] = []
+            if full:
+                found.append(Loop(p, idx(full), tile(mb, p * cols, tile_rows, cols)))
+            if rest:
+                found.append(tile(mb, idx(full * cols), tile_rows, rest))
+            return found
+
+        mb = Var("mb")
+        found: list[Stmt] = []
+        if full_blocks:
+            count: Expr = idx(min(per_task, full_blocks))
+            if block_tasks > 1:
+                count = Select(first_block + per_task <= full_blocks, idx(per_task),
+                               full_blocks - first_block)
+            found.append(Loop(mb, count, block(over_pixels(first_block + mb, rows))))
+        if rest_rows:
+            rest = block(over_pixels(idx(full_blocks), rest_rows))
+            found.append(rest if block_tasks == 1 else If(mc.eq(block_tasks - 1), rest))
+        return found
+
+    def passes(length: int) -> Stmt:
+        """The contraction: chunks of input channels, each over every tap class; the first
+        run of tiles starts from zero, the others accumulate."""
+        first = [s for i, taps_of in enumerate(classes)
+                 for s in sweep(length, idx(0), taps_of, i > 0)]
+        if k_chunks == 1:
+            return block(first)
+        kc = Var("kc")
+        rest = [s for taps_of in classes for s in sweep(length, kc + 1, taps_of, True)]
+        return block(block(first), Loop(kc, idx(k_chunks - 1), block(rest)))
+
+    middle = task_rows * width
+    compute = passes(last_pixels) if chunks == 1 else If(
+        c.eq(chunks - 1), passes(last_pixels), passes(middle))
+    m, i, ow = Var("fm"), Var("fi"), Var("fw")
+    oh = c * task_rows + i
+    channel = grp * per_out + first_block * rows + m
+    index = [n, channel, oh, ow]
+    value: Expr = out.load(*index) if target is out else target.load(
+        n, channel, oh * width + ow)
+    if bias is not None:
+        value = value + bias.load(channel)
+    here: Expr = idx(task_rows)
+    if out_h % task_rows:
+        here = Select(c.eq(chunks - 1), idx(out_h - (chunks - 1) * task_rows), idx(task_rows))
+    finished: Expr = idx(min(per_out, per_task * rows))
+    if block_tasks > 1:
+        finished = Select(mc.eq(block_tasks - 1), idx(per_out - (block_tasks - 1) * per_task
+                                                      * rows), idx(per_task * rows))
+    finish = Loop(m, finished, Loop(i, here, Loop(
+        ow, idx(out_w), out.store(index, value), LoopKind.VECTORIZE,
+        vector_width(ctx, x.dtype, out_w))))
+    work = out.numel * k
+    tasks = batch * group * block_tasks * chunks
+    stmts.append(parallel_loop(t, tasks, block(compute, finish), work))
+    return stmts[0] if len(stmts) == 1 else block(stmts)
+
+
+def _im2col(ctx: LowerContext, win: Window, stmts: list[Stmt]) -> Buffer:
+    """The columns of a window both strided and dilated: [N, C * KH * KW, OH * OW], gathered
+    from the zero-padded input (so without bounds tests); the fills appended to ``stmts``."""
+    x, out = ctx.input(0), ctx.output()
+    batch, channels = x.shape[:2]
+    out_h, out_w = out.shape[2:]
+    kh, kw = win.kernel
+    source, fill = pad_input(ctx, x, win)
+    if fill is not None:
+        stmts.append(fill)
+    columns = ctx.scratch("im2col", x.dtype, (batch, channels * kh * kw, out_h * out_w))
+    r, ow = Var("r"), Var("cw")
+    n, c, tap_h, tap_w, oh = unravel(r, (batch, channels, kh, kw, out_h))
+    pixel = source.load(n, c, oh * win.strides[0] + tap_h * win.dilations[0],
+                        ow * win.strides[1] + tap_w * win.dilations[1])
+    row = (c * kh + tap_h) * kw + tap_w
+    store = columns.store([n, row, oh * out_w + ow], pixel)
+    stmts.append(parallel_loop(r, batch * channels * kh * kw * out_h, Loop(ow, idx(out_w), store),
+                               columns.numel))
+    return columns
 
 
 def _shifted(buffer: Buffer, zero: Buffer | None, channel: Expr | None = None) -> Callable[

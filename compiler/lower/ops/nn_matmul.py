@@ -1,24 +1,57 @@
 """Lowerings of the matrix products: MatMul (plain, integer, quantized), Gemm and Einsum.
 
-Each output element is a local accumulator summed over the contraction index, innermost; the
-output loops carry broadcast batch indices and the outermost is parallel for large products.
+f32 MatMul and Gemm are tiled (schedule: compiler/lower/schedules/gemm.py): register-blocked
+``MatmulTile``s accumulate each output block in the output buffer, over K blocks, reading B as
+panels of ``cols`` contiguous columns: a constant B is packed into panels [ceil(N/cols), K, cols]
+at compile time (transposed first for Gemm's transB), a non-constant one is read in place or,
+when transposed or big (the schedule's ``pack_b``), packed into scratch at run time. A batched
+A times an unbatched B is one product with the batch folded into M. Each task (batch, column
+block, row tile) ends with a vectorizable finish loop storing every element once, after its
+last tile, reading the output only at the stored position: Gemm's alpha and beta*C live there,
+and fused epilogues replace it (compiler/lower/ops/fused.py).
+
+The other products (integer, quantized, other float types, Einsum) are scalar loop nests: each
+output element is a local accumulator summed over the contraction index, innermost; the output
+loops carry broadcast batch indices and the outermost is parallel for large products.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
 
 from ...ir.op import Op
 from ...ir.types import DType
-from ..kernel_ir import Buffer, Declare, Expr, Kernel, Stmt, Var, block
+from ..kernel_ir import (
+    Binary,
+    Block,
+    Buffer,
+    ContractAxis,
+    Declare,
+    Expr,
+    If,
+    Kernel,
+    Loop,
+    LoopKind,
+    MatmulTile,
+    Stmt,
+    Var,
+    block,
+)
 from ..registry import LowerContext, lowering
-from .common import broadcast_index, const, idx
-from .nn_common import acc_dtype, add_to, nest, requantize
+from ..schedules import gemm
+from ..schedules.gemm import ceil_div
+from .common import PARALLEL_WORK, affine, broadcast_index, const, idx
+from .nn_common import acc_dtype, add_to, nest, requantize, unravel
 from .nn_conv import scalar
 
 # (a value, b value, i, j, k) -> the product term; i/j are None for 1-D operands.
 Term = Callable[[Expr, Expr, Expr | None, Expr | None, Expr], Expr]
+# (the accumulated value, the output index) -> the stored value of a tiled product
+Finish = Callable[[Expr, list[Expr]], Expr]
 
 
 def work_dtype(dtype: DType) -> DType:
@@ -58,9 +91,214 @@ def matmul_nest(
     return nest(list(out.shape), body, "o", work=out.numel * k_extent)
 
 
+@dataclass(frozen=True)
+class _Operand:
+    """A tiled product's operand, addressed flat: ``line`` is the stride between A rows or
+    between B panels, ``step`` the stride along the contraction, ``batch`` one stride per
+    looped batch axis (0 where the operand is broadcast)."""
+
+    buffer: Buffer
+    line: int
+    step: int
+    batch: tuple[int, ...]
+
+    def at(self, coords: Sequence[Expr]) -> Expr:
+        return affine(list(zip(coords, self.batch, strict=True)))
+
+
+@dataclass(frozen=True)
+class _Product:
+    """out[batch..., i, j] = sum_k A[batch..., i, k] * B[batch..., k, j] with A given: ``m``
+    rows (a folded batch included); ``out_index`` maps (batch coordinates, row, column) to the
+    output element's index (the output is contiguous: flat offset (batch * m + row) * n + col);
+    ``b_batch`` is B's own batch shape."""
+
+    batch: tuple[int, ...]
+    m: int
+    n: int
+    k: int
+    a: _Operand
+    b_batch: tuple[int, ...]
+    out_index: Callable[[list[Expr], Expr, Expr], list[Expr]]
+
+
+def _min(x: Expr, limit: int) -> Expr:
+    return Binary("min", x, idx(limit))
+
+
+def _tiled(p: _Product, b: _Operand, out: Buffer, sched: gemm.GemmSchedule,
+           finish: Finish) -> Stmt:
+    """The loop over tasks (batch, column block, row tile), parallel when large; see the
+    docstring of compiler/lower/schedules/gemm.py for the loop order."""
+    a = p.a
+    mr, nr, kc = sched.rows, sched.cols, sched.k_block
+    per_block = sched.n_block // nr
+    full_panels, col_tail = divmod(p.n, nr)
+    col_blocks = ceil_div(ceil_div(p.n, nr), per_block)
+    full_rows, row_tail = divmod(p.m, mr)
+    row_tiles = full_rows + (row_tail > 0)
+    k_blocks = ceil_div(p.k, kc)
+    first = p.k - (k_blocks - 1) * kc
+    items = math.prod(p.batch)
+    task = Var("task")
+    tile_index = task % row_tiles if items * col_blocks > 1 else task
+    jc = (task // row_tiles) % col_blocks if col_blocks > 1 else idx(0)
+    item = task // (row_tiles * col_blocks) if items > 1 else idx(0)
+    coords = unravel(item, p.batch)
+    row0 = tile_index * mr
+    c_at = affine([(item, p.m * p.n), (row0, p.n)])
+    a_at, b_at = affine([(row0, a.line)]) + a.at(coords), b.at(coords)
+
+    def tiles(rows: int) -> Stmt:
+        def sweep(k0: Expr, extent: int, accumulate: bool) -> Stmt:
+            def tile(panel: Expr, cols: int) -> MatmulTile:
+                return MatmulTile(out, c_at + panel * nr, p.n, a.buffer, a_at + k0 * a.step,
+                                  a.line, b.buffer, b_at + panel * b.line + k0 * b.step, rows,
+                                  cols, (ContractAxis(extent, a.step, b.step),), accumulate)
+
+            jp = Var("jp")
+            stmts: list[Stmt] = []
+            if full_panels:
+                count = idx(min(per_block, full_panels)) if col_blocks == 1 else _min(
+                    idx(full_panels) - jc * per_block, per_block)
+                stmts.append(Loop(jp, count, tile(jc * per_block + jp, nr)))
+            if col_tail:
+                last = tile(idx(full_panels), col_tail)
+                stmts.append(last if col_blocks == 1 else If(jc.eq(idx(col_blocks - 1)), last))
+            return block(stmts)
+
+        kb = Var("kb")
+        steps = [sweep(idx(0), first, False)]
+        if k_blocks > 1:
+            steps.append(Loop(kb, idx(k_blocks - 1), sweep(kb * kc + first, kc, True)))
+        return block(steps)
+
+    if full_rows and row_tail:
+        compute: Stmt = If(tile_index < full_rows, tiles(mr), tiles(row_tail))
+        rows_extent: Expr = _min(idx(p.m) - row0, mr)
+    else:
+        rows = mr if full_rows else row_tail
+        compute, rows_extent = tiles(rows), idx(rows)
+    col0 = jc * sched.n_block
+    cols_extent = idx(min(p.n, sched.n_block)) if col_blocks == 1 else _min(
+        idx(p.n) - col0, sched.n_block)
+    r, j = Var("fin_r"), Var("fin_j")
+    index = p.out_index(coords, row0 + r, col0 + j)
+    store = out.store(index, finish(out.load(*index), index))
+    finishing = Loop(r, rows_extent, Loop(j, cols_extent, store, LoopKind.VECTORIZE))
+    kind = LoopKind.PARALLEL if items * p.m * p.n * p.k > PARALLEL_WORK else LoopKind.SERIAL
+    return Loop(task, idx(items * col_blocks * row_tiles), Block((compute, finishing)), kind)
+
+
+def _panels(data: np.ndarray, cols: int) -> np.ndarray:
+    """[..., K, N] -> [prod(...), ceil(N / cols), K, cols], zero-padded: B's panels."""
+    k, n = data.shape[-2:]
+    flat = data.reshape(-1, k, n)
+    panels = ceil_div(n, cols)
+    padded = np.zeros((flat.shape[0], k, panels * cols), np.float32)
+    padded[:, :, :n] = flat
+    return padded.reshape(flat.shape[0], k, panels, cols).transpose(0, 2, 1, 3)
+
+
+def _strides(shape: Sequence[int], batch: Sequence[int], inner: int) -> tuple[int, ...]:
+    """Per looped ``batch`` axis, the element stride of the operand's batch axes ``shape``
+    (aligned right; 0 where broadcast or absent), ``inner`` elements per batch item."""
+    strides, step = [0] * len(batch), inner
+    for axis in range(1, len(shape) + 1):
+        if shape[-axis] != 1:
+            strides[-axis] = step
+        step *= shape[-axis]
+    return tuple(strides)
+
+
+def _b_operand(ctx: LowerContext, p: _Product, b: Buffer, transposed: bool,
+               sched: gemm.GemmSchedule) -> tuple[_Operand, Stmt | None]:
+    """B as panels of ``sched.cols`` columns: packed now when constant (unless it is one
+    panel already), else read in place (row stride N), or packed into scratch by the returned
+    loop nest when the schedule says so or B is transposed (its columns not contiguous)."""
+    nr, n, k = sched.cols, p.n, p.k
+    data = ctx.const(1)
+    if data is not None and (transposed or n > nr):
+        matrix = np.asarray(data, np.float32).reshape(*p.b_batch, *((n, k) if transposed
+                                                                   else (k, n)))
+        packed = _panels(np.swapaxes(matrix, -1, -2) if transposed else matrix, nr)
+        buffer = ctx.derived_constant(f"{b.name}.panels{nr}{'t' if transposed else ''}",
+                                      packed)
+        return _Operand(buffer, k * nr, nr, _strides(p.b_batch, p.batch, packed[0].size)), None
+    if not transposed and not sched.pack_b:
+        return _Operand(b, nr, n, _strides(p.b_batch, p.batch, k * n)), None
+    items, panels = math.prod(p.b_batch), ceil_div(n, nr)
+    scratch = ctx.scratch("panels", DType.F32, (items, panels, k, nr))
+    source = Buffer(b.name, b.dtype, (items, *((n, k) if transposed else (k, n))))
+
+    def pack(v: list[Expr]) -> Stmt:
+        item, panel, step = v
+        j = Var("pack_j")
+        col = panel * nr + j
+        value = source.load(item, col, step) if transposed else source.load(item, step, col)
+        return Loop(j, _min(idx(n) - panel * nr, nr), scratch.store([item, panel, step, j], value),
+                    LoopKind.SERIAL if transposed else LoopKind.VECTORIZE)
+
+    operand = _Operand(scratch, k * nr, nr, _strides(p.b_batch, p.batch, panels * k * nr))
+    return operand, nest([items, panels, k], pack, "pack", work=items * n * k)
+
+
+def _tiled_kernel(ctx: LowerContext, p: _Product, transposed: bool, finish: Finish) -> Kernel:
+    """The kernel of a tiled product whose B is input 1."""
+    b = ctx.input(1)
+    sched = gemm.schedule(ctx.machine, DType.F32, math.prod(p.batch), p.m, p.n, p.k,
+                          ctx.const(1) is not None)
+    operand, pack = _b_operand(ctx, p, b, transposed, sched)
+    body = _tiled(p, operand, ctx.output(), sched, finish)
+    return ctx.kernel(body if pack is None else Block((pack, body)))
+
+
+def packed_product(ctx: LowerContext, a: Buffer, m: int, b: np.ndarray, name: str,
+                   out: Buffer, finish: Finish) -> Stmt:
+    """``out[i, j] = finish(sum_k a[i, k] * b[k, j])``, tiled like MatMul, for f32 buffers
+    ``a`` (m x K) and ``out`` (m x N) addressed flat (row-major, contiguous) and a
+    compile-time matrix ``b`` (K x N), packed into panels named after ``name``, which must
+    identify its content."""
+    k, n = b.shape
+    sched = gemm.schedule(ctx.machine, DType.F32, 1, m, n, k, True)
+    panels = ctx.derived_constant(f"{name}.panels{sched.cols}", _panels(b, sched.cols))
+    product = _Product((), m, n, k, _Operand(a, k, 1, ()), (), lambda _, i, j: [i, j])
+    return _tiled(product, _Operand(panels, k * sched.cols, sched.cols, ()), out, sched, finish)
+
+
+def _is_tiled(*buffers: Buffer) -> bool:
+    return all(x.dtype is DType.F32 and x.numel for x in buffers)
+
+
+def _matmul_product(a: Buffer, b: Buffer, out: Buffer) -> _Product:
+    """MatMul as a tiled product (numpy broadcasting of the batch axes, 1-D operands)."""
+    a_shape = a.shape if len(a.shape) > 1 else (1, *a.shape)
+    b_shape = b.shape if len(b.shape) > 1 else (*b.shape, 1)
+    (m, k), n = a_shape[-2:], b_shape[-1]
+    a_batch, b_batch = a_shape[:-2], b_shape[:-2]
+    out_batch = out.shape[:len(out.shape) - (len(a.shape) > 1) - (len(b.shape) > 1)]
+
+    def indexer(fold: tuple[int, ...]) -> Callable[[list[Expr], Expr, Expr], list[Expr]]:
+        def index(coords: list[Expr], row: Expr, col: Expr) -> list[Expr]:
+            rows = unravel(row, (*fold, m) if len(a.shape) > 1 else fold)
+            return [*coords, *rows, *([col] if len(b.shape) > 1 else [])]
+
+        return index
+
+    if len(a.shape) > 1 and math.prod(b_batch) == 1 and math.prod(a_batch) == math.prod(
+            out_batch):
+        # one B matrix: the batched A is one tall matrix (a plain GEMM with more row tiles)
+        return _Product((), math.prod(out_batch) * m, n, k, _Operand(a, k, 1, ()), b_batch,
+                        indexer(out_batch))
+    return _Product(out_batch, m, n, k, _Operand(a, k, 1, _strides(a_batch, out_batch, m * k)),
+                    b_batch, indexer(()))
+
+
 @lowering(Op.MATMUL)
 def lower_matmul(ctx: LowerContext) -> list[Kernel]:
     a, b, out = ctx.input(0), ctx.input(1), ctx.output()
+    if _is_tiled(a, b, out):
+        return [_tiled_kernel(ctx, _matmul_product(a, b, out), False, lambda value, _: value)]
     work = work_dtype(a.dtype)
 
     def term(x: Expr, y: Expr, *_: Expr | None) -> Expr:
@@ -81,6 +319,20 @@ def lower_gemm(ctx: LowerContext) -> list[Kernel]:
     m, n = out.shape
     k_extent = a.shape[0] if trans_a else a.shape[1]
 
+    def scale(value: Expr, index: list[Expr]) -> Expr:
+        """alpha * value + beta * C (as the reference computes it, C read with broadcasting)."""
+        if alpha != 1.0:
+            value = value * alpha
+        if c is None:
+            return value
+        bias = c.load(*broadcast_index(index, c)).cast(value.dtype)
+        return value + (bias if beta == 1.0 else bias * beta)
+
+    if _is_tiled(a, b, out, *([] if c is None else [c])):
+        a_op = _Operand(a, 1, m, ()) if trans_a else _Operand(a, k_extent, 1, ())
+        product = _Product((), m, n, k_extent, a_op, (), lambda _, i, j: [i, j])
+        return [_tiled_kernel(ctx, product, trans_b, scale)]
+
     def body(v: list[Expr]) -> Stmt:
         i, j = v
         acc = Var("acc", work)
@@ -91,14 +343,8 @@ def lower_gemm(ctx: LowerContext) -> list[Kernel]:
             y = b.load(j, k) if trans_b else b.load(k, j)
             return add_to(acc, x.cast(work) * y.cast(work))
 
-        value = acc.cast(scaled)
-        if alpha != 1.0:
-            value = value * alpha
-        if c is not None:
-            bias = c.load(*broadcast_index([i, j], c)).cast(scaled)
-            value = value + (bias if beta == 1.0 else bias * beta)
         return block(Declare(acc, const(0, work)), nest([k_extent], step, "k"),
-                     out.store([i, j], value.cast(out.dtype)))
+                     out.store([i, j], scale(acc.cast(scaled), [i, j]).cast(out.dtype)))
 
     return [ctx.kernel(nest([m, n], body, "o", work=m * n * k_extent))]
 

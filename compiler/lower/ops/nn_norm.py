@@ -1,9 +1,10 @@
 """Lowerings of the normalization family: batch (inference and training), instance, layer,
 group and RMS normalization, LRN and mean-variance normalization.
 
-Each normalized group (a set of kept indices) is one iteration of the outer, parallel loop:
-serial passes over the group's reduced axes accumulate the mean, then the centred variance
-(two passes, as the reference computes it), then a last pass writes the outputs.
+Each normalized group (a set of kept indices) is one row of a row loop (rows.py: parallel
+blocks of groups): vectorized lane folds over the group's reduced axes accumulate the mean,
+then the centred variance (two passes, as the reference computes it), then a vectorized pass
+writes the outputs.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from dataclasses import dataclass
 from ...ir.op import Op
 from ...ir.shapes import normalize_axes, normalize_axis
 from ...ir.types import DType
-from ..kernel_ir import Assign, Binary, Buffer, Declare, Expr, Kernel, Stmt, Var, block
+from ..kernel_ir import Binary, Buffer, Declare, Expr, Kernel, Stmt, Var, block
 from ..registry import LowerContext, lowering
 from .common import broadcast_index, const, idx
+from .elementwise_scalar import add
 from .nn_common import acc_dtype, add_to, all_of, guarded, nest, sqrt
+from .rows import fold_lanes, row_loop, rows_of
 
 Inner = Callable[[list[Expr]], Stmt]
-Over = Callable[[Inner, str], Stmt]
 
 
 @dataclass(frozen=True)
@@ -52,36 +54,52 @@ def by_axes(shape: Sequence[int], reduced_axes: Sequence[int]) -> Grouping:
     return Grouping(tuple(shape[a] for a in kept), tuple(shape[a] for a in reduced), expand)
 
 
-def grouped(grouping: Grouping, make: Callable[[list[Expr], Over], Stmt]) -> Stmt:
-    """A parallel loop over the groups; ``make(kept_vars, over)`` builds each body, where
-    ``over(inner, prefix)`` loops over the group's elements calling ``inner(full index)``."""
+@dataclass(frozen=True)
+class Group:
+    """One normalized group inside its row loop: ``fold`` reduces a term over the group's
+    elements (vectorized lane partials, see rows.py), ``each`` visits them independently
+    (vectorized); both call their callbacks with full indices of the tensor."""
 
-    def body(kv: list[Expr]) -> Stmt:
-        def over(inner: Inner, prefix: str) -> Stmt:
-            return nest(grouping.reduced, lambda rv: inner(grouping.expand(kv, rv)), prefix)
-
-        return make(kv, over)
-
-    work = 4 * math.prod(grouping.kept) * grouping.count
-    return nest(grouping.kept, body, "g", work=work)
+    fold: Callable[[str, Expr, Callable[[list[Expr]], Expr]], tuple[list[Stmt], Expr]]
+    each: Callable[[Inner, str], Stmt]
 
 
-def moments(
-    over: Over, load: Callable[[list[Expr]], Expr], count: int, dtype: DType
-) -> tuple[list[Stmt], Var, Var]:
-    """Statements declaring ``mean`` and the centred (population) ``var`` of ``load``."""
+def grouped(ctx: LowerContext, grouping: Grouping,
+            make: Callable[[list[Expr], Group], Stmt]) -> Stmt:
+    """Loops over the groups (parallel blocks when the work is large); ``make(kept_vars,
+    group)`` builds each group's statements."""
+    rows = rows_of(grouping.kept, 4 * math.prod(grouping.kept) * grouping.count)
+
+    def body(kv: list[Expr], slot: Expr) -> Stmt:
+        def fold(hint: str, init: Expr, term: Callable[[list[Expr]], Expr]
+                 ) -> tuple[list[Stmt], Expr]:
+            return fold_lanes(ctx, hint, rows, slot, grouping.reduced, init, add,
+                              lambda rv: term(grouping.expand(kv, rv)))
+
+        def each(inner: Inner, prefix: str) -> Stmt:
+            return row_loop(prefix, grouping.reduced, lambda rv: inner(grouping.expand(kv, rv)))
+
+        return make(kv, Group(fold, each))
+
+    return rows.loops(body, "g")
+
+
+
+def moments(group: Group, load: Callable[[list[Expr]], Expr], count: int, dtype: DType
+            ) -> tuple[list[Stmt], Var, Var]:
+    """Statements declaring ``mean`` and the centred (population) ``var`` of ``load``: two
+    passes, as the reference computes them."""
     mean, var = Var("mean", dtype), Var("var", dtype)
-    stmts: list[Stmt] = [
-        Declare(mean, const(0, dtype)),
-        over(lambda i: add_to(mean, load(i)), "a"),
-        Assign(mean, mean / float(count)),
-        Declare(var, const(0, dtype)),
-    ]
-    centred = Var("centred", dtype)
-    stmts.append(over(lambda i: block(Declare(centred, load(i) - mean),
-                                      add_to(var, centred * centred)), "b"))
-    stmts.append(Assign(var, var / float(count)))
-    return stmts, mean, var
+    zero = const(0, dtype)
+    sum_stmts, total = group.fold("sum", zero, load)
+
+    def square(i: list[Expr]) -> Expr:
+        centred = load(i) - mean
+        return centred * centred
+
+    square_stmts, squares = group.fold("squares", zero, square)
+    return [*sum_stmts, Declare(mean, total / float(count)), *square_stmts,
+            Declare(var, squares / float(count))], mean, var
 
 
 def _stats_store(buffer: Buffer | None, index: list[Expr], value: Expr) -> list[Stmt]:
@@ -102,7 +120,7 @@ def lower_batch_norm(ctx: LowerContext) -> list[Kernel]:
     running = [ctx.outputs[i] if len(ctx.outputs) > i else None for i in (1, 2)]
     count = x.numel // x.shape[1]
 
-    def make(kv: list[Expr], over: Over) -> Stmt:
+    def make(kv: list[Expr], group: Group) -> Stmt:
         c = kv[0]
 
         def load(i: list[Expr]) -> Expr:
@@ -110,7 +128,7 @@ def lower_batch_norm(ctx: LowerContext) -> list[Kernel]:
 
         stmts: list[Stmt] = []
         if training:
-            stmts, mean, var = moments(over, load, count, acc)
+            stmts, mean, var = moments(group, load, count, acc)
             for buffer, given, batch in ((running[0], mean_in, mean), (running[1], var_in, var)):
                 updated = given.load(c).cast(acc) * momentum + batch * (1.0 - momentum)
                 stmts += _stats_store(buffer, [c], updated)
@@ -121,12 +139,12 @@ def lower_batch_norm(ctx: LowerContext) -> list[Kernel]:
         gain, shift, denom = Var("gain", acc), Var("shift", acc), Var("denom", acc)
         stmts += [Declare(gain, scale.load(c).cast(acc)), Declare(shift, bias.load(c).cast(acc)),
                   Declare(denom, sqrt(var + eps))]
-        stmts.append(over(lambda i: out.store(
+        stmts.append(group.each(lambda i: out.store(
             i, ((gain * (load(i) - mean)) / denom + shift).cast(out.dtype)), "w"))
         return block(stmts)
 
     reduced = [a for a in range(len(x.shape)) if a != 1]
-    return [ctx.kernel(grouped(by_axes(x.shape, reduced), make))]
+    return [ctx.kernel(grouped(ctx, by_axes(x.shape, reduced), make))]
 
 
 def _standardized(
@@ -137,16 +155,17 @@ def _standardized(
     """write(index, (x - mean) * inv_std) over each group, inv_std = 1 / sqrt(var + eps)."""
     eps = float(ctx.attr("epsilon"))
 
-    def make(kv: list[Expr], over: Over) -> Stmt:
-        stmts, mean, var = moments(over, lambda i: x.load(*i).cast(dtype), grouping.count, dtype)
+    def make(kv: list[Expr], group: Group) -> Stmt:
+        stmts, mean, var = moments(group, lambda i: x.load(*i).cast(dtype), grouping.count,
+                                   dtype)
         inv = Var("inv_std", dtype)
         stmts.append(Declare(inv, const(1.0, dtype) / sqrt(var + eps)))
         if stats is not None:
             stmts += stats(kv, mean, inv)
-        stmts.append(over(lambda i: write(i, (x.load(*i).cast(dtype) - mean) * inv), "w"))
+        stmts.append(group.each(lambda i: write(i, (x.load(*i).cast(dtype) - mean) * inv), "w"))
         return block(stmts)
 
-    return grouped(grouping, make)
+    return grouped(ctx, grouping, make)
 
 
 @lowering(Op.INSTANCE_NORMALIZATION)
@@ -214,24 +233,25 @@ def lower_rms_norm(ctx: LowerContext) -> list[Kernel]:
     eps = float(ctx.attr("epsilon"))
     count = math.prod(x.shape[axis:])
 
-    def make(kv: list[Expr], over: Over) -> Stmt:
-        total, root = Var("total", stash), Var("root", stash)
-        value = Var("value", stash)
+    def make(kv: list[Expr], group: Group) -> Stmt:
+        root = Var("root", stash)
 
         def load(i: list[Expr]) -> Expr:
             return x.load(*i).cast(stash)
 
-        def square(i: list[Expr]) -> Stmt:
-            return block(Declare(value, load(i)), add_to(total, value * value))
+        def square(i: list[Expr]) -> Expr:
+            value = load(i)
+            return value * value
 
         def write(i: list[Expr]) -> Stmt:
             normalized = (load(i) / root).cast(x.dtype)
             return out.store(i, normalized * scale.load(*broadcast_index(i, scale)))
 
-        return block(Declare(total, const(0, stash)), over(square, "a"),
-                     Declare(root, sqrt(total / float(count) + eps)), over(write, "w"))
+        stmts, total = group.fold("squares", const(0, stash), square)
+        return block(stmts, Declare(root, sqrt(total / float(count) + eps)),
+                     group.each(write, "w"))
 
-    return [ctx.kernel(grouped(by_axes(x.shape, range(axis, len(x.shape))), make))]
+    return [ctx.kernel(grouped(ctx, by_axes(x.shape, range(axis, len(x.shape))), make))]
 
 
 @lowering(Op.LRN)
@@ -267,20 +287,22 @@ def lower_mvn(ctx: LowerContext) -> list[Kernel]:
     axes = normalize_axes(ctx.attr("axes"), len(x.shape))
     count = math.prod(x.shape[a] for a in axes)
 
-    def make(kv: list[Expr], over: Over) -> Stmt:
-        mean, square, value = Var("mean", acc), Var("square", acc), Var("value", acc)
-        std = Var("std", acc)
+    def make(kv: list[Expr], group: Group) -> Stmt:
+        mean, std = Var("mean", acc), Var("std", acc)
 
         def load(i: list[Expr]) -> Expr:
             return x.load(*i).cast(acc)
 
+        def square(i: list[Expr]) -> Expr:
+            value = load(i)
+            return value * value
+
+        sum_stmts, total = group.fold("sum", const(0, acc), load)
+        square_stmts, squares = group.fold("squares", const(0, acc), square)
         return block(
-            Declare(mean, const(0, acc)), Declare(square, const(0, acc)),
-            over(lambda i: block(Declare(value, load(i)), add_to(mean, value),
-                                 add_to(square, value * value)), "a"),
-            Assign(mean, mean / float(count)),
-            Declare(std, sqrt(square / float(count) - mean * mean) + 1e-9),
-            over(lambda i: out.store(i, ((load(i) - mean) / std).cast(out.dtype)), "w"),
+            sum_stmts, square_stmts, Declare(mean, total / float(count)),
+            Declare(std, sqrt(squares / float(count) - mean * mean) + 1e-9),
+            group.each(lambda i: out.store(i, ((load(i) - mean) / std).cast(out.dtype)), "w"),
         )
 
-    return [ctx.kernel(grouped(by_axes(x.shape, axes), make))]
+    return [ctx.kernel(grouped(ctx, by_axes(x.shape, axes), make))]

@@ -2,7 +2,9 @@
 pools, MaxUnpool, MaxRoiPool and RoiAlign.
 
 Windowed pools loop over batch x channels (fused) and the output positions, with the taps as
-the innermost reduction into locals; padded taps are skipped by guards (``nn_window``).
+the innermost reduction into locals; padded taps are skipped by guards (``nn_window``). Average
+and max pools (without indices) compute the output positions whose windows stay inside the
+input along the last axis in a vectorized loop with the taps unrolled (``nn_pool_interior``).
 """
 
 from __future__ import annotations
@@ -31,9 +33,12 @@ from ..kernel_ir import (
 )
 from ..registry import LowerContext, lowering
 from .common import const, idx
+from .elementwise_scalar import add, fmax
 from .nn_common import acc_dtype, add_to, all_of, lowest, nest, ravel, unravel
+from .nn_pool_interior import MAX_TAPS, Interior, interior_span, pool_interior
 from .nn_sample import roi_align_body
 from .nn_window import in_bounds, over_window
+from .rows import fold_lanes, rows_of
 
 TapBody = Callable[[list[Expr], list[Expr]], Stmt]
 PoolBody = Callable[[Expr, list[Expr], Callable[[TapBody], Stmt]], Stmt]
@@ -44,9 +49,12 @@ def _pool_window(ctx: LowerContext, x: Buffer) -> Window:
     return resolve_window(ctx.attrs, x.shape[2:], kernel, ctx.fail, bool(ctx.attr("ceil_mode")))
 
 
-def _pooled(ctx: LowerContext, x: Buffer, make: PoolBody) -> list[Kernel]:
+def _pooled(ctx: LowerContext, x: Buffer, make: PoolBody,
+            interior: Interior | None = None) -> list[Kernel]:
     """One kernel over [N*C, *out]; ``make(plane, out_vars, taps)`` builds each output's body,
-    where ``taps(inner)`` loops over the window's in-input taps."""
+    where ``taps(inner)`` loops over the window's in-input taps. With ``interior``, the output
+    positions along the last axis whose windows never leave the input along it are computed
+    by ``interior`` (a vectorized loop, see ``pool_interior``), the border ones by ``make``."""
     win = _pool_window(ctx, x)
     out = ctx.output()
     outs = list(out.shape[2:])
@@ -59,7 +67,22 @@ def _pooled(ctx: LowerContext, x: Buffer, make: PoolBody) -> list[Kernel]:
         return make(v[0], v[1:], taps)
 
     work = out.numel * math.prod(win.kernel)
-    return [ctx.kernel(nest([planes, *outs], body, "o", work=work))]
+    span = None if interior is None else interior_span(win, x.shape[2:], outs)
+    if interior is None or span is None:
+        return [ctx.kernel(nest([planes, *outs], body, "o", work=work))]
+    low, high = span
+
+    def row(v: list[Expr]) -> Stmt:
+        ow = Var("ow")
+        stmts: list[Stmt] = []
+        if low > 0:
+            stmts.append(Loop(ow, idx(low), body([*v, ow])))
+        stmts.append(interior(v[0], v[1:], low, high))
+        if high < outs[-1]:
+            stmts.append(Loop(ow, idx(outs[-1] - high), body([*v, ow + high])))
+        return block(stmts)
+
+    return [ctx.kernel(nest([planes, *outs[:-1]], row, "o", work=work))]
 
 
 def _plane_load(x: Buffer, plane: Expr, positions: list[Expr]) -> Expr:
@@ -80,6 +103,10 @@ def lower_average_pool(ctx: LowerContext) -> list[Kernel]:
     include_pad = bool(ctx.attr("count_include_pad"))
     n = win.rank
     outs = list(out.shape[2:])
+    # Taps on the explicit pads count toward the divisor; ceil-mode overhang does not.
+    lows = [-p for p in win.pads[:n]] if include_pad else [0] * n
+    highs = [s + p for s, p in zip(x.shape[2:], win.pads[n:], strict=True)] if include_pad \
+        else list(x.shape[2:])
 
     def make(plane: Expr, o: list[Expr], taps: Callable[[TapBody], Stmt]) -> Stmt:
         acc, count = Var("acc", acc_type), Var("count")
@@ -88,21 +115,29 @@ def lower_average_pool(ctx: LowerContext) -> list[Kernel]:
             return add_to(acc, _plane_load(x, plane, positions).cast(acc_type))
 
         if include_pad:
-            # Taps on the explicit pads count toward the divisor; ceil-mode overhang does not.
             def inner(_taps: list[Expr], positions: list[Expr]) -> Stmt:
                 cond = in_bounds(win, x.shape[2:], outs, positions)
                 load = add(positions)
                 return block(add_to(count, idx(1)), load if cond is None else If(cond, load))
 
-            lows = [-p for p in win.pads[:n]]
-            highs = [s + p for s, p in zip(x.shape[2:], win.pads[n:], strict=True)]
             loops = over_window(win, x.shape[2:], outs, o, inner, "k", lows, highs)
         else:
             loops = taps(lambda _t, positions: block(add_to(count, idx(1)), add(positions)))
         return block(Declare(acc, const(0, acc_type)), Declare(count, idx(0)), loops,
                      _plane_store(out, plane, o, acc / count.cast(acc_type)))
 
-    return _pooled(ctx, x, make)
+    def interior(plane: Expr, rows: list[Expr], low: int, high: int) -> Stmt:
+        def value(taps: list[tuple[Expr | None, Expr]], counted: Expr) -> Expr:
+            total: Expr = const(0, acc_type)
+            for valid, tap in taps:
+                term = tap.cast(acc_type)
+                total = total + (term if valid is None else select(valid, term, 0))
+            return total / counted
+
+        return pool_interior(x, out, win, plane, rows, low, high, value,
+                             (lows, highs, acc_type))
+
+    return _pooled(ctx, x, make, interior if math.prod(win.kernel) <= MAX_TAPS else None)
 
 
 @lowering(Op.LP_POOL)
@@ -170,24 +205,42 @@ def lower_max_pool(ctx: LowerContext) -> list[Kernel]:
         return block(start, Declare(where, idx(-1)), taps(track),
                      _plane_store(out, plane, o, best), indices.store([n, c, *o], where))
 
-    return _pooled(ctx, x, make)
+    def interior(plane: Expr, rows: list[Expr], low: int, high: int) -> Stmt:
+        def value(taps: list[tuple[Expr | None, Expr]], counted: Expr) -> Expr:
+            best: Expr = const(lowest(x.dtype), x.dtype)
+            for valid, tap in taps:
+                identity = const(lowest(x.dtype), x.dtype)
+                best = Binary("max", best, tap if valid is None else select(valid, tap, identity))
+            return best
+
+        return pool_interior(x, out, win, plane, rows, low, high, value, None)
+
+    win = _pool_window(ctx, x)
+    fast = indices is None and math.prod(win.kernel) <= MAX_TAPS
+    return _pooled(ctx, x, make, interior if fast else None)
 
 
-def _global(ctx: LowerContext, init: Expr, step: Callable[[Expr, Expr], Expr],
-            result: Callable[[Expr], Expr], convert: DType) -> list[Kernel]:
-    """out[n, c, 1...] = result(fold of step over the plane's elements as ``convert``)."""
+def _global(ctx: LowerContext, init: Expr, combine: Callable[[Expr, Expr], Expr],
+            term: Callable[[Expr], Expr], result: Callable[[Expr], Expr],
+            convert: DType) -> list[Kernel]:
+    """out[n, c, 1...] = result(the fold of term(x as ``convert``) over the plane's elements
+    with ``combine``), one row per plane, vectorized along the plane (rows.py)."""
     x, out = ctx.input(0), ctx.output()
-    spatial = list(x.shape[2:])
-    acc = Var("acc", init.dtype)
+    spatial = x.shape[2:]
+    rows = rows_of(x.shape[:2], x.numel)
 
-    def body(v: list[Expr]) -> Stmt:
-        n, c = unravel(v[0], x.shape[:2])
-        loops = nest(spatial, lambda s: Assign(acc, step(acc, x.load(n, c, *s).cast(convert))),
-                     "r")
-        return block(Declare(acc, init), loops,
-                     out.store([n, c, *([idx(0)] * len(spatial))], result(acc).cast(out.dtype)))
+    def row(nc: list[Expr], slot: Expr) -> Stmt:
+        # one fold over the plane's flat index, read at its digits (the loads stay
+        # contiguous: LLVM folds (f // w) * w + f % w back into f)
+        def value(flat: list[Expr]) -> Expr:
+            return term(x.load(*nc, *unravel(flat[0], spatial)).cast(convert))
 
-    return [ctx.kernel(nest([x.shape[0] * x.shape[1]], body, "o", work=x.numel))]
+        stmts, total = fold_lanes(ctx, "acc", rows, slot, [math.prod(spatial)], init, combine,
+                                  value)
+        index = [*nc, *([idx(0)] * len(spatial))]
+        return block(stmts, out.store(index, result(total).cast(out.dtype)))
+
+    return [ctx.kernel(rows.loops(row), inputs=[x])]
 
 
 @lowering(Op.GLOBAL_AVERAGE_POOL)
@@ -195,14 +248,13 @@ def lower_global_average_pool(ctx: LowerContext) -> list[Kernel]:
     x = ctx.input(0)
     acc_type = acc_dtype(x.dtype)
     count = const(math.prod(x.shape[2:]), acc_type)
-    return _global(ctx, const(0, acc_type), lambda a, v: a + v, lambda a: a / count, acc_type)
+    return _global(ctx, const(0, acc_type), add, _same, lambda a: a / count, acc_type)
 
 
 @lowering(Op.GLOBAL_MAX_POOL)
 def lower_global_max_pool(ctx: LowerContext) -> list[Kernel]:
     x = ctx.input(0)
-    return _global(ctx, const(lowest(x.dtype), x.dtype), lambda a, v: Binary("max", a, v),
-                   lambda a: a, x.dtype)
+    return _global(ctx, const(lowest(x.dtype), x.dtype), fmax, _same, _same, x.dtype)
 
 
 @lowering(Op.GLOBAL_LP_POOL)
@@ -210,8 +262,14 @@ def lower_global_lp_pool(ctx: LowerContext) -> list[Kernel]:
     acc_type = acc_dtype(ctx.input(0).dtype)
     p = const(float(ctx.attr("p")), acc_type)
     root = const(1.0 / float(ctx.attr("p")), acc_type)
-    return _global(ctx, const(0, acc_type), lambda a, v: a + Binary("pow", Unary("abs", v), p),
+    return _global(ctx, const(0, acc_type), add, lambda v: Binary("pow", Unary("abs", v), p),
                    lambda a: Binary("pow", a, root), acc_type)
+
+
+
+
+def _same(a: Expr) -> Expr:
+    return a
 
 
 @lowering(Op.MAX_UNPOOL)

@@ -3,11 +3,13 @@ CumSum/CumProd and LpNormalization.
 
 All share one shape: a (parallel) loop nest over the slices (the positions of the axes that are
 not reduced), and per slice serial loops over the reduced axes that fold the slice into scalar
-locals (``Declare``/``Assign``), then store results. Semantics follow the reference kernels
-(compiler/reference/kernels/reduce.py): float16/bfloat16 accumulate in float32 and round once
-(Softmax/LogSoftmax round every step in the input's type, accumulating float16 sums in float32
-and bfloat16 sums in bfloat16, as numpy does), integers in their own type (means in float64),
-and empty reductions give the ONNX identities.
+locals (``Declare``/``Assign``), then store results. Two schedules vectorize: a reduction that
+keeps the last axis accumulates whole rows along it (``_reduce_rows``), one that reduces it
+folds each slice on vector lanes (``_reduce_lanes``, rows.py). Semantics follow the reference
+kernels (compiler/reference/kernels/reduce.py): float16/bfloat16 accumulate in float32 and round
+once (Softmax/LogSoftmax round every step in the input's type, accumulating float16 sums in
+float32 and bfloat16 sums in bfloat16, as numpy does), integers in their own type (means in
+float64), and empty reductions give the ONNX identities.
 """
 
 from __future__ import annotations
@@ -32,19 +34,38 @@ from ..kernel_ir import (
     select,
 )
 from ..registry import LowerContext, lowering
-from .common import const
-from .elementwise_scalar import divide, exp, fabs, fmax, fmin, highest, is_finite, log, lowest, wide
+from .common import const, idx
+from .elementwise_scalar import (
+    add,
+    divide,
+    exp,
+    fabs,
+    fmax,
+    fmin,
+    highest,
+    is_finite,
+    log,
+    lowest,
+    wide,
+)
 from .reduce_loops import Position, accumulate, along, normalized_axis, over_slices
+from .rows import fold_lanes, rows_of
 
 
 @dataclass(frozen=True)
 class Fold:
-    """A Reduce* op: accumulator type from the data type, identity, step, final map."""
+    """A Reduce* op: accumulator type from the data type, identity, the term each element
+    contributes, how two partial results combine (associative, so lane partials may be
+    combined in any grouping), final map."""
 
     init: Callable[[DType], Expr]
-    step: Callable[[Expr, Expr], Expr]
+    combine: Callable[[Expr, Expr], Expr]
+    term: Callable[[Expr], Expr] = lambda x: x
     final: Callable[[Expr, int], Expr] | None = None
     accumulator: Callable[[DType], DType] = wide
+
+    def step(self, acc: Expr, x: Expr) -> Expr:
+        return self.combine(acc, self.term(x))
 
 
 def _sqrt(acc: Expr, count: int) -> Expr:
@@ -56,15 +77,20 @@ def _zero(dtype: DType) -> Expr:
     return const(0, dtype)
 
 
+
+def _square(x: Expr) -> Expr:
+    return x * x
+
+
 REDUCE: dict[Op, Fold] = {
-    Op.REDUCE_SUM: Fold(_zero, lambda acc, x: acc + x),
-    Op.REDUCE_SUM_SQUARE: Fold(_zero, lambda acc, x: acc + x * x),
-    Op.REDUCE_L1: Fold(_zero, lambda acc, x: acc + fabs(x)),
-    Op.REDUCE_L2: Fold(_zero, lambda acc, x: acc + x * x, _sqrt),
-    Op.REDUCE_LOG_SUM: Fold(_zero, lambda acc, x: acc + x, lambda acc, count: log(acc)),
+    Op.REDUCE_SUM: Fold(_zero, add),
+    Op.REDUCE_SUM_SQUARE: Fold(_zero, add, _square),
+    Op.REDUCE_L1: Fold(_zero, add, fabs),
+    Op.REDUCE_L2: Fold(_zero, add, _square, _sqrt),
+    Op.REDUCE_LOG_SUM: Fold(_zero, add, final=lambda acc, count: log(acc)),
     # The empty mean is 0/0 = NaN; integer means are float64 sums, truncated at the store.
-    Op.REDUCE_MEAN: Fold(_zero, lambda acc, x: acc + x, lambda acc, count: divide(acc, count),
-                         lambda dtype: wide(dtype) if dtype.is_float else DType.F64),
+    Op.REDUCE_MEAN: Fold(_zero, add, final=lambda acc, count: divide(acc, count),
+                         accumulator=lambda dtype: wide(dtype) if dtype.is_float else DType.F64),
     Op.REDUCE_PROD: Fold(lambda dtype: const(1, dtype), lambda acc, x: acc * x),
     Op.REDUCE_MAX: Fold(lowest, fmax),
     Op.REDUCE_MIN: Fold(highest, fmin),
@@ -110,10 +136,12 @@ def lower_reduce(ctx: LowerContext) -> list[Kernel]:
     count = 1
     for axis in axes:
         count *= data.shape[axis]
-
-    if (ctx.op is not Op.REDUCE_LOG_SUM_EXP and data.shape and len(data.shape) - 1 not in axes
-            and data.shape[-1] > 1):
+    last = len(data.shape) - 1
+    if data.shape and last not in axes and data.shape[-1] > 1 and (
+            ctx.op is not Op.REDUCE_LOG_SUM_EXP):
         return [ctx.kernel(_reduce_rows(ctx, REDUCE[ctx.op], axes, keepdims, count))]
+    if data.shape and last in axes and count > 0:
+        return [ctx.kernel(_reduce_lanes(ctx, axes, keepdims, count))]
 
     def slice_body(position: Position) -> Stmt:
         if ctx.op is Op.REDUCE_LOG_SUM_EXP:
@@ -129,6 +157,50 @@ def lower_reduce(ctx: LowerContext) -> list[Kernel]:
                                       value.cast(out.dtype)))
 
     return [ctx.kernel(over_slices(data.shape, axes, slice_body))]
+
+
+def _reduce_lanes(ctx: LowerContext, axes: Sequence[int], keepdims: bool, count: int) -> Stmt:
+    """A reduction over axes that include the contiguous last one: per output position (a row
+    of the row loop), lane folds along the reduced axes (rows.py), vectorized."""
+    data, out = ctx.input(0), ctx.output()
+    shape = data.shape
+    kept = [a for a in range(len(shape)) if a not in axes]
+    rows = rows_of([shape[a] for a in kept], data.numel * 2)
+
+    def full_index(kv: list[Expr], rv: list[Expr]) -> list[Expr]:
+        index: list[Expr] = [idx(0)] * len(shape)
+        for axis, var in zip([*kept, *axes], [*kv, *rv], strict=True):
+            index[axis] = var
+        return index
+
+    def row(kv: list[Expr], slot: Expr) -> Stmt:
+        position: list[Expr | None] = [None] * len(shape)
+        for axis, var in zip(kept, kv, strict=True):
+            position[axis] = var
+
+        def fold(hint: str, init: Expr, combine: Callable[[Expr, Expr], Expr],
+                 term: Callable[[Expr], Expr]) -> tuple[list[Stmt], Expr]:
+            return fold_lanes(ctx, hint, rows, slot, [shape[a] for a in axes], init, combine,
+                              lambda rv: term(data.load(*full_index(kv, rv))))
+
+        if ctx.op is Op.REDUCE_LOG_SUM_EXP:
+            acc_type = wide(data.dtype)
+            peak_stmts, peak = fold("peak", lowest(acc_type), fmax, lambda x: x.cast(acc_type))
+            shift = Var("shift", acc_type)
+            sum_stmts, total = fold("total", const(0, acc_type), add,
+                                    lambda x: exp(x.cast(acc_type) - shift))
+            stmts = [*peak_stmts, Declare(shift, select(is_finite(peak), peak, 0)), *sum_stmts]
+            value: Expr = log(total) + shift
+        else:
+            spec = REDUCE[ctx.op]
+            acc_type = spec.accumulator(data.dtype)
+            stmts, acc = fold("acc", spec.init(acc_type), spec.combine,
+                              lambda x: spec.term(x.cast(acc_type)))
+            value = acc if spec.final is None else spec.final(acc, count)
+        return block(stmts, out.store(_output_index(position, axes, keepdims),
+                                      value.cast(out.dtype)))
+
+    return rows.loops(row)
 
 
 def _reduce_rows(ctx: LowerContext, fold: Fold, axes: Sequence[int], keepdims: bool,

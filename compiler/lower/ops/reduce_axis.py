@@ -3,6 +3,8 @@ LogSoftmax, LpNormalization, CumSum and CumProd (semantics: compiler/reference/k
 
 Each loops over the slices along the axis; per slice, serial passes fold the slice into scalar
 locals, and a last pass (vectorized where positions are independent) stores the results.
+Softmax / LogSoftmax along the (contiguous) last axis are row kernels instead (rows.py): their
+folds run on vector lanes and rows run in parallel blocks.
 """
 
 from __future__ import annotations
@@ -25,8 +27,21 @@ from ..kernel_ir import (
 )
 from ..registry import LowerContext, lowering
 from .common import const
-from .elementwise_scalar import both, divide, either, exp, fabs, fmax, log, lowest, negate, wide
+from .elementwise_scalar import (
+    add,
+    both,
+    divide,
+    either,
+    exp,
+    fabs,
+    fmax,
+    log,
+    lowest,
+    negate,
+    wide,
+)
 from .reduce_loops import Position, accumulate, along, at, normalized_axis, over_slices
+from .rows import fold_lanes, row_loop, rows_of
 
 
 def arg_extreme(data: Buffer, position: Position, axis: int, largest: bool,
@@ -95,10 +110,15 @@ def lower_hardmax(ctx: LowerContext) -> list[Kernel]:
 @lowering(Op.SOFTMAX, Op.LOG_SOFTMAX)
 def lower_softmax(ctx: LowerContext) -> list[Kernel]:
     """exp(x - max) / sum, or (x - max) - log(sum), per slice along the axis; every step
-    rounds to the input's type as the reference does (float16 sums accumulate in float32)."""
-    data, out = ctx.input(0), ctx.output()
+    rounds to the input's type as the reference does (float16 sums accumulate in float32).
+    Along the last axis: ``_softmax_rows``."""
+    data = ctx.input(0)
+    axis = _axis(ctx)
+    if axis == len(data.shape) - 1:
+        return [ctx.kernel(_softmax_rows(ctx))]
+    out = ctx.output()
     dtype = data.dtype
-    acc_type = DType.F32 if dtype is DType.F16 else dtype
+    acc_type = _softmax_acc(dtype)
     shape = data.shape
 
     def slice_body(position: Position) -> Stmt:
@@ -127,7 +147,64 @@ def lower_softmax(ctx: LowerContext) -> list[Kernel]:
         return block(peak_stmts, Declare(total, const(0, acc_type)), sums,
                      Declare(norm, rounded if ctx.op is Op.SOFTMAX else log(rounded)), scale)
 
-    return [ctx.kernel(over_slices(shape, [_axis(ctx)], slice_body))]
+    return [ctx.kernel(over_slices(shape, [axis], slice_body))]
+
+
+
+def _larger(a: Expr, b: Expr) -> Expr:
+    """max(a, b) where NaN need not propagate (one vector max, not three operations): a row
+    with a NaN gives NaN everywhere anyway, through exp(NaN - peak) in the sum."""
+    return select(b > a, b, a)
+
+
+def _softmax_acc(dtype: DType) -> DType:
+    return DType.F32 if dtype is DType.F16 else dtype
+
+
+def _softmax_rows(ctx: LowerContext) -> Stmt:
+    """Softmax / LogSoftmax along the contiguous last axis, one row at a time: a lane fold
+    (vectorized) finds the max, a second one sums exp(x - max) (Softmax first stores the exps
+    and sums what it stored: a short fold body keeps its lanes in registers), then a
+    vectorized pass writes the results. Where the reference's max would be NaN
+    (a NaN in the row), the results are NaN all the same: the sum is NaN."""
+    data, out = ctx.input(0), ctx.output()
+    dtype, shape = data.dtype, data.shape
+    zero = const(0, _softmax_acc(dtype))
+    length = shape[-1]
+    softmax = ctx.op is Op.SOFTMAX
+    compute = wide(dtype)
+    rows = rows_of(shape[:-1], data.numel * 8)
+
+    def row(coords: list[Expr], slot: Expr) -> Stmt:
+        def x(j: list[Expr]) -> Expr:
+            return data.load(*coords, *j)
+
+        peak = Var("peak", dtype)
+        peak_stmts, peak_value = fold_lanes(ctx, "peak", rows, slot, [length], lowest(dtype),
+                                            _larger, x)
+        stmts = [*peak_stmts, Declare(peak, peak_value)]
+        if softmax:
+            # e * (1 / sum), the reciprocal in the compute type: within an ulp of the
+            # reference's e / sum, with a multiply per element instead of a division
+            scale = Var("scale", compute)
+            sum_stmts, total = fold_lanes(ctx, "total", rows, slot, [length], zero, add,
+                                          lambda j: out.load(*coords, *j))
+            return block(
+                stmts,
+                row_loop("e", [length], lambda j: out.store([*coords, *j], exp(x(j) - peak))),
+                sum_stmts,
+                Declare(scale, divide(1, total.cast(dtype).cast(compute))),
+                row_loop("w", [length], lambda j: out.store(
+                    [*coords, *j], (out.load(*coords, *j).cast(compute) * scale).cast(dtype))))
+        log_total = Var("log_total", dtype)
+        sum_stmts, total = fold_lanes(ctx, "total", rows, slot, [length], zero, add,
+                                      lambda j: exp(x(j) - peak))
+        return block(
+            stmts, sum_stmts, Declare(log_total, log(total.cast(dtype))),
+            row_loop("w", [length], lambda j: out.store([*coords, *j],
+                                                        x(j) - peak - log_total)))
+
+    return rows.loops(row)
 
 
 @lowering(Op.LP_NORMALIZATION)

@@ -3,12 +3,16 @@
 Like the reference (compiler/reference/kernels/rnn.py), the driver does what the three share and
 a cell says how one step turns gate pre-activations into the new state. Two kernels:
 
-1. the input projection ``XW[d, t, b, g] = Wb[d, g] + sum_i X[t, b, i] * W[d, g, i]`` for every
-   step at once (a parallel loop over (d, t, b) with the reduction innermost);
+1. the input projection ``XW = X @ W^T + biases`` for every step and direction at once;
 2. the recurrence: per direction (unrolled in Python: activations may differ per direction),
-   a serial loop over steps whose body runs phases over (batch x gate rows) -- the recurrent
-   matmul ``Rb + h @ R^T`` into a ``gates`` scratch -- then the elementwise cell update over
-   (batch x hidden), which writes ``h``/``c`` in place and the step's row of ``Y``.
+   a serial loop over steps whose body runs the recurrent product ``h @ R^T`` into ``gates``
+   scratch (GRU without ``linear_before_reset`` splits it around the reset gate: its h gate
+   multiplies ``r * h``), then per sequence the cell update, a vectorized loop over the hidden
+   units that writes ``h``/``c`` in place and the step's row of ``Y``.
+
+An engine (compiler/lower/ops/rnn_engines.py) runs the two products and says where the cells
+find their terms: tiled on weights packed at compile time (f32, constant weights), else scalar
+loops.
 
 Everything computes in f32 (f64 for f64 inputs), like the reference. A backward direction reads
 and writes step ``s`` of sequence ``b`` at time ``len_b - 1 - s`` (padding steps in place), the
@@ -17,14 +21,12 @@ reference's within-length reversal; steps past a sequence's length keep the stat
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 
 from ...ir.op import Op
 from ...ir.rules.rnn import activation_specs
 from ...ir.types import DType
 from ..kernel_ir import (
-    Assign,
     Buffer,
     Const,
     Declare,
@@ -42,9 +44,11 @@ from ..kernel_ir import (
     select,
 )
 from ..registry import LowerContext, lowering
-from .common import PARALLEL_WORK
+from .conv_tiled import vector_width
+from .rnn_engines import Recurrence, ScalarRecurrence, TiledRecurrence, flat_loop, tiles
 
 Activation = Callable[[Expr], Expr]
+
 
 def _activation(name: str, alpha: float, beta: float) -> Activation:
     """``x -> f(x)`` as an expression; ``x`` must be a local (some functions read it twice)."""
@@ -72,110 +76,20 @@ def _activations(ctx: LowerContext, num_dirs: int) -> list[list[Activation]]:
             for direction in activation_specs(ctx.op, ctx.attrs, num_dirs)]
 
 
-def unflatten(flat: Expr, extents: Sequence[int]) -> list[Expr]:
-    """Row-major indices of position ``flat`` in a nest of ``extents``."""
-    indices: list[Expr] = []
-    for axis in range(len(extents) - 1, -1, -1):
-        indices.append(flat % extents[axis] if axis else flat)
-        flat = flat // extents[axis]
-    return indices[::-1]
-
-
-def flat_loop(name: str, extents: Sequence[int], body: Callable[[list[Expr]], Stmt],
-              work_per_item: int) -> Loop:
-    """One loop over every position of ``extents`` (parallel when the work is large)."""
-    count = 1
-    for extent in extents:
-        count *= extent
-    var = Var(name)
-    parallel = count > 1 and count * work_per_item > PARALLEL_WORK
-    return Loop(var, Const(count, DType.I64), body(unflatten(var, extents)),
-                LoopKind.PARALLEL if parallel else LoopKind.SERIAL)
-
-
-def reduce_sum(name: str, extent: int, init: Expr, term: Callable[[Var], Expr],
-               finish: Callable[[Expr], Stmt]) -> Stmt:
-    """``acc = init; for k < extent: acc += term(k); finish(acc)``."""
-    acc, k = Var(f"{name}_acc", init.dtype), Var(f"{name}_k")
-    return block(
-        Declare(acc, init),
-        Loop(k, Const(extent, DType.I64), Assign(acc, acc + term(k))),
-        finish(acc),
-    )
-
-
-@dataclass
-class Recurrence:
-    """What the cells and phases read: sizes, buffers, and the expressions of one step."""
-
-    ctx: LowerContext
-    compute: DType
-    steps: int
-    batch: int
-    hidden: int
-    gated: int
-    layout: int
-    xw: Buffer  # [dirs, steps, batch, gated], input projection plus W bias
-    gates: Buffer  # [batch, gated], recurrent projection plus R bias
-    h: Buffer  # [batch, hidden]
-    c: Buffer | None  # [batch, hidden], LSTM only
-    clip: float | None
-
-    def load(self, buffer: Buffer, *indices: Expr | int) -> Expr:
-        return buffer.load(*indices).cast(self.compute)
-
-    def clipped(self, x: Expr) -> Expr:
-        if self.clip is None:
-            return x
-        return binary("min", binary("max", x, -self.clip), self.clip)
-
-    def state(self, index: int, d: int, b: Expr, j: Expr) -> Expr:
-        """Element (b, j) of initial state input ``index`` of direction ``d`` (0 if absent)."""
-        if not self.ctx.has_input(index):
-            return Const(0.0, self.compute)
-        source = self.ctx.input(index)
-        return self.load(source, d, b, j) if self.layout == 0 else self.load(source, b, d, j)
-
-    def r_bias(self, d: int, g: Expr) -> Expr:
-        if not self.ctx.has_input(3):
-            return Const(0.0, self.compute)
-        return self.load(self.ctx.input(3), d, g + self.gated)
-
-    def matmul_phase(self, name: str, d: int, rows: tuple[int, int], source: Buffer,
-                     active: Callable[[Expr], Expr]) -> Stmt:
-        """``gates[b, g] = Rb[g] + sum_k source[b, k] * R[d, g, k]`` for g in ``rows``, skipping
-        sequences that have ended."""
-        first, last = rows
-        r = self.ctx.input(2)
-
-        def body(idx: list[Expr]) -> Stmt:
-            b, g = idx[0], idx[1] + first
-            return If(active(b), reduce_sum(
-                name, self.hidden, self.r_bias(d, g),
-                lambda k: self.load(source, b, k) * self.load(r, d, g, k),
-                lambda acc: self.gates.store([b, g], acc),
-            ))
-
-        return flat_loop(f"{name}_bg", (self.batch, last - first), body, self.hidden)
-
-
-@dataclass
 class Step:
     """One (batch, hidden) element of one step, as a cell sees it."""
 
-    rec: Recurrence
-    d: int
-    t: Expr  # the time index this step reads and writes
-    b: Expr
-    j: Expr
-    activations: list[Activation]
+    def __init__(self, rec: Recurrence, d: int, t: Expr, b: Expr, j: Expr,
+                 activations: list[Activation]) -> None:
+        self.rec, self.d, self.t, self.b, self.j = rec, d, t, b, j
+        self.activations = activations
 
     def x(self, gate: int) -> Expr:
         """Input projection of gate ``gate`` (in ONNX order) for this element."""
-        return self.rec.load(self.rec.xw, self.d, self.t, self.b, self.j + gate * self.rec.hidden)
+        return self.rec.x(self.d, self.t, self.b, gate, self.j)
 
     def r(self, gate: int) -> Expr:
-        return self.rec.load(self.rec.gates, self.b, self.j + gate * self.rec.hidden)
+        return self.rec.r(self.d, self.b, gate, self.j)
 
 
 # A cell: (step, locals to declare) -> (new h, new c or None); it appends the Declares of its
@@ -206,7 +120,7 @@ def _gru_cell(step: Step, stmts: list[Stmt], lbr: bool) -> tuple[Expr, Expr | No
     if lbr:
         r = _apply(step, stmts, 0, "r", step.x(1) + step.r(1))
         candidate = _apply(step, stmts, 1, "cand", step.x(2) + r * step.r(2))
-    else:  # the reset gate was applied before the h-gate matmul (see _gru_phases)
+    else:  # the reset gate was applied before the h-gate matmul (see the driver)
         candidate = _apply(step, stmts, 1, "cand", step.x(2) + step.r(2))
     return (1.0 - z) * candidate + z * h, None
 
@@ -247,125 +161,133 @@ def _check_lengths(ctx: LowerContext, steps: int, batch: int) -> Stmt | None:
         f"{ctx.node.describe()}: sequence_lens has a value out of range [0, {steps}]")))
 
 
-def _lower_recurrent(ctx: LowerContext, cell: Cell, gru_reset_first: bool = False
-                     ) -> list[Kernel]:
-    x, w, r = ctx.input(0), ctx.input(1), ctx.input(2)
-    layout = int(ctx.attr("layout"))
-    compute = DType.F64 if x.dtype is DType.F64 else DType.F32
-    steps, batch, input_size = x.shape if layout == 0 else (x.shape[1], x.shape[0], x.shape[2])
-    num_dirs, gated, hidden = r.shape
-    direction = ctx.attr("direction")
-    clip = ctx.attr("clip")
-    xw = ctx.scratch("xw", compute, (num_dirs, steps, batch, gated))
-    rec = Recurrence(
-        ctx, compute, steps, batch, hidden, gated, layout, xw,
-        ctx.scratch("gates", compute, (batch, gated)),
-        ctx.scratch("h", compute, (batch, hidden)),
-        ctx.scratch("c", compute, (batch, hidden)) if ctx.op is Op.LSTM else None,
-        None if clip is None else float(clip),
-    )
-    reset_h = ctx.scratch("rh", compute, (batch, hidden)) if gru_reset_first else None
+def _sequences(rec: Recurrence, name: str, body: Callable[[Expr], Stmt]) -> Loop:
+    """``for b < batch: body(b)``, parallel when batch x hidden is large."""
+    return flat_loop(name, (rec.batch,), lambda idx: body(idx[0]), rec.hidden)
 
-    def projection(idx: list[Expr]) -> Stmt:
-        d, t, b = idx
-        g = Var("proj_g")
-        bias = rec.load(ctx.input(3), d, g) if ctx.has_input(3) else Const(0.0, compute)
-        xs = (t, b) if layout == 0 else (b, t)
-        return Loop(g, Const(gated, DType.I64), reduce_sum(
-            "proj", input_size, bias,
-            lambda i: rec.load(x, *xs, i) * rec.load(w, d, g, i),
-            lambda acc: xw.store([d, t, b, g], acc),
-        ))
 
-    project = ctx.kernel(
-        flat_loop("proj_dtb", (num_dirs, steps, batch), projection, gated * input_size),
-        inputs=[x, w] + ([ctx.input(3)] if ctx.has_input(3) else []),
-        outputs=[], scratch=[xw],
-    )
+def _units(rec: Recurrence, name: str, body: Callable[[Var], Stmt]) -> Loop:
+    """``for j < hidden: body(j)``, vectorized (the bodies are straight-line code)."""
+    j = Var(name)
+    return Loop(j, Const(rec.hidden, DType.I64), body(j), LoopKind.VECTORIZE,
+                vector_width(rec.ctx, rec.compute, rec.hidden))
 
-    s = Var("step")
 
-    def length(b: Expr) -> Expr:
-        if not ctx.has_input(4):
-            return Const(steps, DType.I64)
-        value = ctx.input(4).load(b).cast(DType.I64)
-        return binary("min", binary("max", value, 0), steps)
+class _Direction:
+    """The statements of one direction: initial state, the step loop, final states."""
 
-    def active(b: Expr) -> Expr:
-        return s < length(b)
+    def __init__(self, rec: Recurrence, cell: Cell, d: int, reset_h: Buffer | None) -> None:
+        ctx = rec.ctx
+        self.rec, self.cell, self.d, self.reset_h = rec, cell, d, reset_h
+        self.backward = ctx.attr("direction") == "reverse" or d == 1
+        self.activations = _activations(ctx, rec.dirs)[d]
+        self.s = Var("step")
+        self.y, self.y_h, self.y_c = (ctx.outputs + [None, None, None])[:3]
 
-    activations = _activations(ctx, num_dirs)
-    body: list[Stmt] = []
-    check = _check_lengths(ctx, steps, batch)
-    if check is not None:
-        body.append(check)
-    y, y_h, y_c = (ctx.outputs + [None, None, None])[:3]
+    def state_index(self, b: Expr, j: Expr) -> list[Expr | int]:
+        return [self.d, b, j] if self.rec.layout == 0 else [b, self.d, j]
 
-    def state_index(d: int, b: Expr, j: Expr) -> list[Expr | int]:
-        return [d, b, j] if layout == 0 else [b, d, j]
+    def y_index(self, t: Expr, b: Expr, j: Expr) -> list[Expr | int]:
+        return [t, self.d, b, j] if self.rec.layout == 0 else [b, t, self.d, j]
 
-    for d in range(num_dirs):
-        backward = direction == "reverse" or d == 1
+    def timing(self, stmts: list[Stmt], b: Expr) -> tuple[Expr, Expr | None]:
+        """(the time step ``s`` reads and writes for sequence ``b``, whether the sequence is
+        still running: None when it always is)."""
+        rec, s = self.rec, self.s
+        if not rec.ctx.has_input(4):
+            return (rec.steps - 1 - s if self.backward else s), None
+        n = let(stmts, "seq_len", rec.length(b))
+        live = s < n
+        return (let(stmts, "t_at", select(live, n - 1 - s, s)) if self.backward else s), live
 
-        def init(idx: list[Expr], d: int = d) -> Stmt:
-            b, j = idx
-            stores = [rec.h.store([b, j], rec.state(5, d, b, j))]
+    def step(self, t: Expr, b: Expr, j: Expr) -> Step:
+        return Step(self.rec, self.d, t, b, j, self.activations)
+
+    def init(self, b: Expr) -> Stmt:
+        rec = self.rec
+
+        def element(j: Var) -> Stmt:
+            stores: list[Stmt] = [rec.h.store([b, j], rec.state(5, self.d, b, j))]
             if rec.c is not None:
-                stores.append(rec.c.store([b, j], rec.state(6, d, b, j)))
+                stores.append(rec.c.store([b, j], rec.state(6, self.d, b, j)))
             return block(stores)
 
-        def update(idx: list[Expr], d: int = d, backward: bool = backward) -> Stmt:
-            b, j = idx
-            stmts: list[Stmt] = []
-            n = let(stmts, "seq_len", length(b))
-            t = let(stmts, "t_at", select(s < n, n - 1 - s, s)) if backward else s
-            live = let(stmts, "live", s < n)
-            step = Step(rec, d, t, b, j, activations[d])
+        return _units(rec, "init_j", element)
+
+    def reset(self, b: Expr) -> Stmt:
+        """``rh = r * h`` (GRU without linear_before_reset), before the h gate's product."""
+        rec, reset_h = self.rec, self.reset_h
+        assert reset_h is not None
+        stmts: list[Stmt] = []
+        t, live = self.timing(stmts, b)
+
+        def element(k: Var) -> Stmt:
             inner: list[Stmt] = []
-            h_new, c_new = cell(step, inner)
+            step = self.step(t, b, k)
+            gate = _apply(step, inner, 0, "r", step.x(1) + step.r(1))
+            inner.append(reset_h.store([b, k], gate * rec.load(rec.h, b, k)))
+            return block(inner)
+
+        compute = _units(rec, "reset_k", element)
+        return block(stmts, compute if live is None else If(live, compute))
+
+    def update(self, b: Expr) -> Stmt:
+        """The cell update of sequence ``b`` (or, once it has ended, 0 into ``Y``)."""
+        rec, y = self.rec, self.y
+        stmts: list[Stmt] = []
+        t, live = self.timing(stmts, b)
+
+        def element(j: Var) -> Stmt:
+            inner: list[Stmt] = []
+            h_new, c_new = self.cell(self.step(t, b, j), inner)
             h_var = let(inner, "h_out", h_new)
             inner.append(rec.h.store([b, j], h_var))
             if c_new is not None and rec.c is not None:
                 inner.append(rec.c.store([b, j], c_new))
-            writes: list[Stmt] = [If(live, block(inner))]
             if y is not None:
-                y_index = [t, d, b, j] if layout == 0 else [b, t, d, j]
-                writes.append(y.store(y_index, select(
-                    live, rec.load(rec.h, b, j), Const(0.0, compute)).cast(y.dtype)))
-            return block(stmts, writes)
+                inner.append(y.store(self.y_index(t, b, j), h_var.cast(y.dtype)))
+            return block(inner)
 
-        phases: list[Stmt] = []
-        if gru_reset_first:
-            assert reset_h is not None
+        compute = _units(rec, "cell_j", element)
+        if live is None:
+            return block(stmts, compute)
+        pad = None if y is None else _units(rec, "pad_j", lambda j: y.store(
+            self.y_index(t, b, j), Const(0.0, y.dtype)))
+        return block(stmts, If(live, compute, pad))
 
-            def reset(idx: list[Expr], d: int = d, backward: bool = backward) -> Stmt:
-                b, k = idx
-                head: list[Stmt] = []
-                n = let(head, "seq_len", length(b))
-                t = select(s < n, n - 1 - s, s) if backward else s
-                step = Step(rec, d, t, b, k, activations[d])
-                stmts: list[Stmt] = []
-                gate = _apply(step, stmts, 0, "r", step.x(1) + step.r(1))
-                stmts.append(reset_h.store([b, k], gate * rec.load(rec.h, b, k)))
-                return block(head, If(s < n, block(stmts)))
+    def final(self, out: Buffer, state: Buffer) -> Stmt:
+        return _sequences(self.rec, f"final{self.d}_b", lambda b: _units(
+            self.rec, "final_j",
+            lambda j: out.store(self.state_index(b, j), state.load(b, j).cast(out.dtype))))
 
-            phases += [
-                rec.matmul_phase("zr", d, (0, 2 * hidden), rec.h, active),
-                flat_loop("reset_bk", (batch, hidden), reset, 1),
-                rec.matmul_phase("hh", d, (2 * hidden, gated), reset_h, active),
-            ]
-        else:
-            phases.append(rec.matmul_phase("rec", d, (0, gated), rec.h, active))
-        phases.append(flat_loop("cell_bj", (batch, hidden), update, 1))
-        body.append(flat_loop(f"init{d}_bj", (batch, hidden), init, 1))
-        body.append(Loop(s, Const(steps, DType.I64), block(phases)))
-        finals = [(y_h, rec.h)] + ([(y_c, rec.c)] if rec.c is not None else [])
-        for out, state in finals:
-            if out is not None:
-                body.append(flat_loop(f"final{d}_bj", (batch, hidden), lambda idx, out=out,
-                                      state=state, d=d: out.store(
-                                          state_index(d, *idx), state.load(*idx).cast(out.dtype)),
-                                      1))
+    def statements(self) -> list[Stmt]:
+        rec, d = self.rec, self.d
+        phases = [rec.product(d, 0, rec.h, self.s)]
+        if self.reset_h is not None:
+            phases += [_sequences(rec, "reset_b", self.reset),
+                       rec.product(d, 1, self.reset_h, self.s)]
+        phases.append(_sequences(rec, "cell_b", self.update))
+        body = [_sequences(rec, f"init{d}_b", self.init),
+                Loop(self.s, Const(rec.steps, DType.I64), block(phases))]
+        finals = [(self.y_h, rec.h), (self.y_c, rec.c)]
+        return body + [self.final(out, state) for out, state in finals
+                       if out is not None and state is not None]
+
+
+def _lower_recurrent(ctx: LowerContext, cell: Cell, gru_reset_first: bool = False,
+                     lbr: bool = False) -> list[Kernel]:
+    gated, hidden = ctx.input(2).shape[1:]
+    segments = [(0, 2 * hidden), (2 * hidden, gated)] if gru_reset_first else [(0, gated)]
+    rec: Recurrence = (TiledRecurrence(ctx, segments, lbr) if tiles(ctx)
+                       else ScalarRecurrence(ctx, segments))
+    project = rec.projection()
+    reset_h = ctx.scratch("rh", rec.compute, (rec.batch, hidden)) if gru_reset_first else None
+    body: list[Stmt] = []
+    check = _check_lengths(ctx, rec.steps, rec.batch)
+    if check is not None:
+        body.append(check)
+    for d in range(rec.dirs):
+        body += _Direction(rec, cell, d, reset_h).statements()
     return [project, ctx.kernel(block(body))]
 
 
@@ -378,11 +300,10 @@ def lower_rnn(ctx: LowerContext) -> list[Kernel]:
 def lower_gru(ctx: LowerContext) -> list[Kernel]:
     lbr = bool(ctx.attr("linear_before_reset"))
     return _lower_recurrent(ctx, lambda step, stmts: _gru_cell(step, stmts, lbr),
-                            gru_reset_first=not lbr)
+                            gru_reset_first=not lbr, lbr=lbr)
 
 
 @lowering(Op.LSTM)
 def lower_lstm(ctx: LowerContext) -> list[Kernel]:
     couple = bool(ctx.attr("input_forget"))
     return _lower_recurrent(ctx, lambda step, stmts: _lstm_cell(step, stmts, couple))
-

@@ -30,31 +30,34 @@ class Decision:
     chosen: dict[str, Any]
 
 
-_COLLECTOR: ContextVar[list[Decision] | None] = ContextVar("kiln_schedule_collector",
-                                                           default=None)
+_COLLECTORS: ContextVar[tuple[list[Decision], ...]] = ContextVar("kiln_schedule_collectors",
+                                                                 default=())
 
 
 @contextlib.contextmanager
-def collect() -> Iterator[list[Decision]]:
-    """Within the block, every ``choose`` appends its ``Decision`` to the yielded list."""
+def collect(isolated: bool = False) -> Iterator[list[Decision]]:
+    """Within the block, every ``choose`` appends its ``Decision`` to the yielded list, and to
+    those of enclosing blocks unless ``isolated``."""
     decisions: list[Decision] = []
-    token = _COLLECTOR.set(decisions)
+    token = _COLLECTORS.set((decisions,) if isolated else (*_COLLECTORS.get(), decisions))
     try:
         yield decisions
     finally:
-        _COLLECTOR.reset(token)
+        _COLLECTORS.reset(token)
 
 
 def choose(machine: Machine, signature: str, default: T, candidates: Sequence[T]) -> T:
-    """The tuned schedule for ``signature`` if ``machine`` has a valid one, else ``default``."""
+    """The tuned schedule for ``signature`` if ``machine`` has one that is among
+    ``candidates`` (a stale or hand-edited entry is ignored), else ``default``."""
+    listed = [dataclasses.asdict(c) for c in candidates]  # type: ignore[call-overload]
     chosen = default
     tuned = machine.tuned.get(signature)
     if tuned is not None:
         with contextlib.suppress(TypeError, ValueError):
-            chosen = dataclasses.replace(default, **dict(tuned))  # type: ignore[type-var]
-    decisions = _COLLECTOR.get()
-    if decisions is not None:
-        decisions.append(Decision(
-            signature, tuple(dataclasses.asdict(c) for c in candidates),  # type: ignore[call-overload]
-            dataclasses.asdict(chosen)))  # type: ignore[call-overload]
+            found = dataclasses.replace(default, **dict(tuned))  # type: ignore[type-var]
+            if dataclasses.asdict(found) in listed:  # type: ignore[call-overload]
+                chosen = found
+    for decisions in _COLLECTORS.get():
+        decisions.append(Decision(signature, tuple(listed),
+                                  dataclasses.asdict(chosen)))  # type: ignore[call-overload]
     return chosen

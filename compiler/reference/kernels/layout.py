@@ -1,8 +1,10 @@
-"""Numpy kernels of the layout ops (LayoutTransform, ConvNCHWc) and the blocking helpers that
-define the NCHW[b]c layout; ``select_layout`` uses the same helpers to pre-block weights.
+"""Numpy kernels of the layout ops (LayoutTransform and the blocked ConvNCHWc, pools and LRN)
+and the blocking helpers that define the NCHW[b]c layout; ``select_layout`` uses the same
+helpers to pre-block weights.
 
-ConvNCHWc is defined by unblocking its operands, running Conv's own numpy convolution and
-blocking the result, so a blocked convolution means exactly what the plain one means.
+Each blocked op is defined by unblocking its operands (padded channels included), running the
+plain op's own numpy kernel and blocking the result, so a blocked op means exactly what the
+plain one means.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from ...ir.op import Op
-from ...ir.rules.layout import block_of
+from ...ir.rules.layout import PLAIN, block_of
+from .nn_norm import lrn
+from .nn_pool import average_pool, max_pool
 from .nn_window import add_channel_bias, compute_dtype, grouped_conv, window_of
 from .registry import KernelContext, kernel
 
@@ -55,6 +59,20 @@ def unblock_weights(w: np.ndarray) -> np.ndarray:
     return w.transpose(0, 5, 1, 4, 2, 3).reshape(ocb * block, icb * block, kh, kw)
 
 
+def block_depthwise_weights(w: np.ndarray, block: int) -> np.ndarray:
+    """Depthwise conv weights [C, 1, KH, KW] -> [C/b, 1, KH, KW, 1, b] (zero padded)."""
+    c, _, kh, kw = w.shape
+    cb = -(-c // block)
+    split = _pad_axis(w, 0, cb * block).reshape(cb, block, 1, kh, kw, 1)
+    return np.ascontiguousarray(split.transpose(0, 2, 3, 4, 5, 1))
+
+
+def unblock_depthwise_weights(w: np.ndarray) -> np.ndarray:
+    """The inverse of ``block_depthwise_weights`` (padded channels kept): [CB*b, 1, KH, KW]."""
+    cb, _, kh, kw, _, block = w.shape
+    return w[:, 0, :, :, 0, :].transpose(0, 3, 1, 2).reshape(cb * block, 1, kh, kw)
+
+
 def block_bias(b: np.ndarray, block: int) -> np.ndarray:
     """A bias [OC] -> [OC/b, b] (zero padded)."""
     cb = -(-b.shape[0] // block)
@@ -74,8 +92,26 @@ def conv_nchwc(
     ctx: KernelContext, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None
 ) -> np.ndarray:
     acc = compute_dtype(x.dtype)
-    plain_x = from_blocked(x).astype(acc, copy=False)
-    plain_w = unblock_weights(w).astype(acc, copy=False)
-    y = grouped_conv(plain_x, plain_w, window_of(ctx, plain_x, plain_w.shape[2:]), 1)
+    plain_x = (x if ctx.attr("src_layout") == PLAIN else from_blocked(x)).astype(acc, copy=False)
+    depthwise = int(ctx.attr("group")) > 1
+    plain_w = unblock_depthwise_weights(w) if depthwise else unblock_weights(w)
+    plain_w = plain_w[:, : plain_x.shape[1]].astype(acc, copy=False)
+    group = plain_w.shape[0] if depthwise else 1
+    y = grouped_conv(plain_x, plain_w, window_of(ctx, plain_x, plain_w.shape[2:]), group)
     y = add_channel_bias(y, None if b is None else b.reshape(-1))
     return to_blocked(y, int(ctx.attr("block")))
+
+
+@kernel(Op.MAX_POOL_NCHWC)
+def max_pool_nchwc(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
+    return to_blocked(max_pool(ctx, from_blocked(x))[0], x.shape[4])
+
+
+@kernel(Op.AVERAGE_POOL_NCHWC)
+def average_pool_nchwc(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
+    return to_blocked(average_pool(ctx, from_blocked(x)), x.shape[4])
+
+
+@kernel(Op.LRN_NCHWC)
+def lrn_nchwc(ctx: KernelContext, x: np.ndarray) -> np.ndarray:
+    return to_blocked(lrn(ctx, from_blocked(x)), x.shape[4])
