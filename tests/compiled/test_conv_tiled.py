@@ -249,15 +249,10 @@ def test_every_candidate_compiled(shape: tuple[int, ...], out: int, attrs: dict[
     ((1, 32, 10, 10), 32, {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "group": 32},
      "add_relu"),
 ])
-def test_blocked_conv_with_fused_epilogue(monkeypatch: pytest.MonkeyPatch,
-                                          shape: tuple[int, ...], out: int,
+def test_blocked_conv_with_fused_epilogue(shape: tuple[int, ...], out: int,
                                           attrs: dict[str, Any], epilogue: str) -> None:
-    """ConvNCHWc as a fusion anchor (the fuse pass extended to it here): the epilogue runs in
-    the finish loop, with no separate pass over the output. A first 3x3 conv makes the
-    tested conv's input blocked (as inside a network)."""
-    from kiln.compiler.passes import fuse
-
-    monkeypatch.setattr(fuse, "EPILOGUE_ANCHORS", fuse.EPILOGUE_ANCHORS | {Op.CONV_NCHWC})
+    """ConvNCHWc as a fusion anchor at -O3: the epilogue runs in the finish loop. A first 3x3
+    conv makes the tested conv's input blocked (as inside a network)."""
     rng = np.random.default_rng(11)
     group = int(attrs.get("group", 1))
     w = rng.standard_normal((out, shape[1] // group, *attrs["kernel_shape"])).astype(np.float32)

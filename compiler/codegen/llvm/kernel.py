@@ -245,8 +245,11 @@ class FunctionEmitter(ExprEmitter):
             # it cannot vectorize only makes it print a remark).
             if node.vector_width <= 0 or not vectorizable(node.body):
                 return []
+            # Unrolling first would let LLVM fully unroll a short loop (a channel block's lanes)
+            # and vectorize the loop around it with gathers and scatters instead.
             return [prop("llvm.loop.vectorize.enable", I1(1)),
-                    prop("llvm.loop.vectorize.width", I32(node.vector_width))]
+                    prop("llvm.loop.vectorize.width", I32(node.vector_width)),
+                    prop("llvm.loop.unroll.disable")]
         if node.kind is LoopKind.UNROLL:
             extent = _constant_extent(node.extent)
             if extent is not None and extent <= _FULL_UNROLL_LIMIT:

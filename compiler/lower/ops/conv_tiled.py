@@ -30,6 +30,14 @@ each output vector of b lanes is the sum of its taps' input vectors times weight
 kernel taps unrolled, the lanes vectorized), stored once.
 
 Tile shapes, chunk and task sizes come from compiler/lower/schedules/conv.py.
+
+Measured with benchmarks/bench_layout.py (the kernel alone on blocked data, one thread, best
+of 10, a shared 2-core znver4 host whose measured FMA peak is about 115 GFLOP/s; onnxruntime's
+own NCHWc kernels on the same layer in brackets): ResNet-50 3x3 layers 95-110 GFLOP/s
+(103-118), 1x1 layers 88-111 (79-109), the 7x7/2 stem on the plain image 81-91 (86-92),
+depthwise 3x3 at 112/56/14/7 pixels 54/56/38/22 (44/40/28/25). The finish loops need their
+lane loop kept whole for the vectorizer (LLVM otherwise unrolls it and vectorizes across
+pixels with gathers, the 1x1 layers then drop to about half).
 """
 
 from __future__ import annotations
