@@ -89,8 +89,8 @@ def torch_cases(folder: Path, wanted: Callable[[str], bool] = lambda name: True)
     return cases
 
 
-def median_latency(fn: Callable[[], object], runs: int) -> float:
-    for _ in range(3):
+def median_latency(fn: Callable[[], object], runs: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
         fn()
     times = []
     for _ in range(runs):

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
+from bench_models import median_latency
 from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 20
@@ -219,17 +218,6 @@ def cases() -> list[Case]:
     ]
 
 
-def median_latency(fn: Callable[[], object], runs: int) -> float:
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def bench(case: Case, threads: Sequence[int], runs: int) -> list[tuple[int, str, float]]:
     """(threads, table row, ratio onnxruntime / Kiln) per thread count."""
     import onnxruntime
@@ -247,10 +235,10 @@ def bench(case: Case, threads: Sequence[int], runs: int) -> list[tuple[int, str,
         session = onnxruntime.InferenceSession(case.model.SerializeToString(), options,
                                                providers=["CPUExecutionProvider"])
         expected = session.run(None, case.inputs)[0]
-        ort = median_latency(lambda s=session: s.run(None, case.inputs), runs)
+        ort = median_latency(lambda s=session: s.run(None, case.inputs), runs, warmup=5)
         with load(str(exe.library), threads=count) as model:
             got = model.run(case.inputs)[0]
-            kiln = median_latency(lambda m=model: m.run(case.inputs), runs)
+            kiln = median_latency(lambda m=model: m.run(case.inputs), runs, warmup=5)
         agree = "" if np.allclose(got, expected, rtol=1e-3, atol=1e-4) else "  MISMATCH"
         rows.append((count, f"{case.name:36} {count:>3} {exe.stats.kernels:>3} "
                      f"{kiln * 1e6:10.1f} {ort * 1e6:10.1f} {ort / kiln:8.2f}{agree}",

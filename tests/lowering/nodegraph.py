@@ -1,4 +1,5 @@
-"""The one-node graph both lowering test families build: inputs as graph inputs or constants."""
+"""Shared by the lowering tests: the one-node graph they build (inputs as graph inputs or
+constants), the interpreted-vs-reference check of a lowering, and the tiles it made."""
 
 from __future__ import annotations
 
@@ -7,10 +8,15 @@ from typing import Any
 
 import numpy as np
 
+from kiln.compiler import reference
 from kiln.compiler.ir.builder import GraphBuilder
 from kiln.compiler.ir.graph import Graph
 from kiln.compiler.ir.op import Op
 from kiln.compiler.ir.types import TensorType
+from kiln.compiler.lower.from_graph import LoweredGraph, interpret_lowered, lower_graph
+from kiln.compiler.lower.inline import walk
+from kiln.compiler.lower.kernel_ir import MatmulTile
+from kiln.compiler.machine import Machine
 
 
 def node_graph(op: Op, inputs: Sequence[np.ndarray | None], attrs: Mapping[str, Any] | None,
@@ -28,3 +34,19 @@ def node_graph(op: Op, inputs: Sequence[np.ndarray | None], attrs: Mapping[str, 
             feeds[f"in{index}"] = array
     results = builder.add(op, values, attrs, outputs=outputs)
     return builder.finish([v for v in results if v is not None]), feeds
+
+
+def lowered_matches_reference(graph: Graph, feeds: Mapping[str, np.ndarray],
+                              machine: Machine) -> LoweredGraph:
+    """The graph lowered for ``machine``; interpreted, it matches the reference executor."""
+    expected = reference.run(graph, feeds)
+    lowered = lower_graph(graph, machine)
+    for want, got in zip(expected, interpret_lowered(lowered, feeds), strict=True):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    return lowered
+
+
+def tiles(lowered: LoweredGraph) -> list[MatmulTile]:
+    return [n for s in lowered.steps for k in s.kernels for n in walk(k.body)
+            if isinstance(n, MatmulTile)]

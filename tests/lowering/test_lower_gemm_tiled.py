@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nodegraph import node_graph  # noqa: E402
+from nodegraph import lowered_matches_reference as check  # noqa: E402
+from nodegraph import node_graph, tiles  # noqa: E402
 
 from kiln.compiler import reference  # noqa: E402
 from kiln.compiler.ir.builder import GraphBuilder  # noqa: E402
@@ -23,9 +24,9 @@ from kiln.compiler.ir.graph import Graph  # noqa: E402
 from kiln.compiler.ir.op import Op  # noqa: E402
 from kiln.compiler.ir.types import DType, TensorType  # noqa: E402
 from kiln.compiler.lower import schedules  # noqa: E402
-from kiln.compiler.lower.from_graph import LoweredGraph, interpret_lowered, lower_graph  # noqa: E402
+from kiln.compiler.lower.from_graph import interpret_lowered, lower_graph  # noqa: E402
 from kiln.compiler.lower.inline import walk  # noqa: E402
-from kiln.compiler.lower.kernel_ir import Load, Loop, LoopKind, MatmulTile, Store  # noqa: E402
+from kiln.compiler.lower.kernel_ir import Load, Loop, LoopKind, Store  # noqa: E402
 from kiln.compiler.lower.schedules import gemm  # noqa: E402
 from kiln.compiler.machine import DEFAULT_MACHINE, Machine  # noqa: E402
 from kiln.compiler.passes.pipeline import optimize  # noqa: E402
@@ -38,21 +39,6 @@ RNG = np.random.default_rng(5)
 
 def rand(*shape: int) -> np.ndarray:
     return RNG.standard_normal(shape).astype(np.float32)
-
-
-def check(graph: Graph, feeds: Mapping[str, np.ndarray], machine: Machine) -> LoweredGraph:
-    """The lowered graph, interpreted, matches the reference executor."""
-    expected = reference.run(graph, feeds)
-    lowered = lower_graph(graph, machine)
-    for want, got in zip(expected, interpret_lowered(lowered, feeds), strict=True):
-        assert got.shape == want.shape and got.dtype == want.dtype
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-    return lowered
-
-
-def tiles(lowered: LoweredGraph) -> list[MatmulTile]:
-    return [n for s in lowered.steps for k in s.kernels for n in walk(k.body)
-            if isinstance(n, MatmulTile)]
 
 
 def product(op: Op, shapes: Sequence[tuple[int, ...] | None], const_b: bool,

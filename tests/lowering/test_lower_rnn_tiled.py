@@ -16,8 +16,12 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nodegraph import node_graph  # noqa: E402
-from test_lower_rnn import make_inputs  # noqa: E402
+from nodegraph import (  # noqa: E402
+    lowered_matches_reference,  # noqa: E402
+    node_graph,
+    tiles,
+)
+from test_lower_rnn import ACTIVATIONS, make_inputs  # noqa: E402
 
 from kiln.compiler import reference  # noqa: E402
 from kiln.compiler.ir.builder import GraphBuilder  # noqa: E402
@@ -26,8 +30,7 @@ from kiln.compiler.ir.op import Op  # noqa: E402
 from kiln.compiler.ir.types import TensorType  # noqa: E402
 from kiln.compiler.lower import schedules  # noqa: E402
 from kiln.compiler.lower.from_graph import LoweredGraph, interpret_lowered, lower_graph  # noqa: E402
-from kiln.compiler.lower.inline import accesses, walk  # noqa: E402
-from kiln.compiler.lower.kernel_ir import MatmulTile  # noqa: E402
+from kiln.compiler.lower.inline import accesses  # noqa: E402
 from kiln.compiler.machine import DEFAULT_MACHINE, Machine  # noqa: E402
 
 AVX512 = Machine(512, 32, 32 * 1024, 1024 * 1024)
@@ -45,17 +48,7 @@ def recurrent_graph(op: Op, inputs: list[np.ndarray | None], attrs: Mapping[str,
 def check(graph: Graph, feeds: Mapping[str, np.ndarray],
           machine: Machine = AVX512) -> LoweredGraph:
     """The lowered graph, interpreted, matches the reference executor."""
-    lowered = lower_graph(graph, machine)
-    for want, got in zip(reference.run(graph, feeds), interpret_lowered(lowered, feeds),
-                         strict=True):
-        assert got.shape == want.shape and got.dtype == want.dtype
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-    return lowered
-
-
-def tiles(lowered: LoweredGraph) -> list[MatmulTile]:
-    return [n for s in lowered.steps for k in s.kernels for n in walk(k.body)
-            if isinstance(n, MatmulTile)]
+    return lowered_matches_reference(graph, feeds, machine)
 
 
 def reads(lowered: LoweredGraph, name: str) -> bool:
@@ -98,15 +91,6 @@ def test_machines(machine: Machine, op: Op) -> None:
     graph, feeds = recurrent_graph(op, inputs, {"hidden_size": 19,
                                                 "direction": "bidirectional"})
     check(graph, feeds, machine)
-
-
-ACTIVATIONS = {
-    Op.RNN: (["LeakyRelu", "Elu"], [0.2, 0.7], []),
-    Op.GRU: (["HardSigmoid", "Softsign", "Affine", "ScaledTanh"], [0.3, 0.5, 0.6],
-             [0.4, 0.2, 1.5]),
-    Op.LSTM: (["Relu", "Softplus", "ThresholdedRelu", "Sigmoid", "Tanh", "HardSigmoid"],
-              [0.1, 0.25], [0.4]),
-}
 
 
 @pytest.mark.parametrize("op", ALL)
