@@ -54,6 +54,10 @@ GEOMEAN_BAR = 1.0  # geometric-mean ort/kiln at each thread count
 MIN_RATIO_BAR = 0.7  # no model's ort/kiln below this
 ERROR_BOUND = 1e-3  # rel err above this marks a model whose timed outputs are wrong
 BLOCK = 5  # timed runs per engine before the next engine takes its turn
+# Pause before each engine's turn: thread pools (onnxruntime's, Kiln's) spin-wait a while
+# after a run, and a spinning pool of the engine that just ran would take the cores the next
+# engine's threads need (it halved Kiln's and onnxruntime's 2-thread rates on small kernels).
+SETTLE_SECONDS = 0.1
 
 
 @dataclass
@@ -103,13 +107,15 @@ def median_latency(fn: Callable[[], object], runs: int, warmup: int = 3) -> floa
 def interleaved_times(engines: Mapping[str, Callable[[], object]],
                       runs: int) -> dict[str, list[float]]:
     """Seconds of ``runs`` runs per engine, the engines taking turns in blocks of ``BLOCK`` runs
-    (each block after one untimed run, so caches hold that engine's data)."""
+    (each block after a ``SETTLE_SECONDS`` pause and one untimed run, so the previous engine's
+    threads are idle and the caches hold this engine's data)."""
     times: dict[str, list[float]] = {name: [] for name in engines}
     for fn in engines.values():
         for _ in range(2):
             fn()
     while any(len(t) < runs for t in times.values()):
         for name, fn in engines.items():
+            time.sleep(SETTLE_SECONDS)
             fn()
             for _ in range(min(BLOCK, runs - len(times[name]))):
                 start = time.perf_counter()

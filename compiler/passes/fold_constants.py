@@ -9,7 +9,10 @@ reference executor (the definition of each op), so chains fold in one sweep. Any
 - blow-up: a node whose results hold more than ``BLOWUP_FACTOR`` times the elements of its
   constant operands, and more than ``SMALL_RESULT`` elements, stays (an Expand, Tile,
   ConstantOfShape or Range would otherwise turn a few numbers into a weights-sized blob that
-  the kernel computes faster than the library loads it);
+  the kernel computes faster than the library loads it) -- unless every read of its results is
+  as a weight (MatMul/Gemm B, Conv W, RNN W/R, directly or through single-operand ops): weights
+  fold whatever their size, because their kernels pack them at compile time and would
+  otherwise refill and repack them on every run;
 - results of non-static type, and nodes the executor fails on (that failure is the run's to
   report), stay.
 
@@ -37,13 +40,61 @@ SMALL_RESULT = 1024
 _NEVER = frozenset({Group.RANDOM, Group.CONTROL})
 
 
+# Operand positions that kernels read as weights (packed or re-read per output tile).
+WEIGHT_OPERANDS: dict[Op, tuple[int, ...]] = {
+    Op.MATMUL: (1,), Op.GEMM: (1, 2), Op.CONV: (1, 2), Op.CONV_TRANSPOSE: (1, 2),
+    Op.LSTM: (1, 2, 3), Op.GRU: (1, 2, 3), Op.RNN: (1, 2, 3),
+}
+
+
 def fold_constants(graph: Graph) -> Graph:
     """``graph`` with constant subexpressions evaluated; the same object when there are none."""
-    return apply_rules(graph, [_fold])
+    weights = weight_values(graph)
+
+    @rule("fold_constants")
+    def fold(rw: Rewriter, node: Node) -> Replacement:
+        return _fold(rw, node, weights)
+
+    return apply_rules(graph, [fold])
 
 
-@rule("fold_constants")
-def _fold(rw: Rewriter, node: Node) -> Replacement:
+def weight_values(graph: Graph) -> frozenset[str]:
+    """Names of the values of ``graph`` (bodies included) read only as weights: at a
+    ``WEIGHT_OPERANDS`` position, or by a node with one operand whose results are all such
+    values (a Cast or Transpose of a weight). Graph outputs are not weights."""
+    readers: dict[str, list[tuple[Node, int]]] = {}
+    order: list[Node] = []
+    escaping = {v.name for v in graph.outputs}
+
+    def scan(g: Graph) -> None:
+        escaping.update(v.name for v in g.outputs)
+        for node in g.nodes:
+            order.append(node)
+            for position, value in enumerate(node.inputs):
+                if value is not None:
+                    readers.setdefault(value.name, []).append((node, position))
+            for body in node.subgraphs():
+                scan(body)
+
+    scan(graph)
+    weights: set[str] = set()
+
+    def is_weight(name: str) -> bool:
+        uses = readers.get(name, [])
+        return bool(uses) and name not in escaping and all(
+            position in WEIGHT_OPERANDS.get(reader.op, ())
+            or (sum(v is not None for v in reader.inputs) == 1
+                and all(o is None or o.name in weights for o in reader.outputs)
+                and any(o is not None for o in reader.outputs))
+            for reader, position in uses)
+
+    # readers come after their producers, so one reverse sweep settles every chain
+    for node in reversed(order):
+        weights.update(v.name for v in node.outputs if v is not None and is_weight(v.name))
+    return frozenset(weights)
+
+
+def _fold(rw: Rewriter, node: Node, weights: frozenset[str]) -> Replacement:
     if node.op is Op.CONSTANT or op_def(node.op).group in _NEVER or kernel_for(node.op) is None:
         return None
     outputs = [v for v in node.outputs if v is not None]
@@ -56,7 +107,9 @@ def _fold(rw: Rewriter, node: Node) -> Replacement:
         return None
     operand_elements = 0 if shape_query else sum(d.size for d in data.values())  # type: ignore[union-attr]
     result_elements = sum(v.type.numel or 0 for v in outputs)
-    if result_elements > max(BLOWUP_FACTOR * operand_elements, SMALL_RESULT):
+    if result_elements > max(BLOWUP_FACTOR * operand_elements, SMALL_RESULT) and not all(
+        v.name in weights for v in outputs
+    ):
         return None
     try:
         results = evaluate_node(node, {} if shape_query else data, shape_only=shape_query)

@@ -61,6 +61,28 @@ def test_blowup_is_left_to_the_kernel() -> None:
     assert_sound(before, after)
 
 
+def test_blowup_read_only_as_weights_folds() -> None:
+    # the light ONNX models hold their weights as ConstantOfShape: a Gemm must get them as
+    # constants (packed once at compile time), not refill them on every run
+    before = parse("""func @main(%x: f32[2,64], %u: f32[64,64]) -> (f32[2,64], f32[64,64]) {
+  %s = constant() {value=dense<i64[2]: [64, 64]>} : i64[2]
+  %w = constant_of_shape(%s) {value=dense<f32[1]: [0.5]>} : f32[64,64]
+  %wc = cast(%w) {to=f32} : f32[64,64]
+  %y = gemm(%x, %wc) {transB=1} : f32[2,64]
+  %s2 = constant() {value=dense<i64[2]: [64, 64]>} : i64[2]
+  %v = constant_of_shape(%s2) {value=dense<f32[1]: [2.0]>} : f32[64,64]
+  %z = matmul(%u, %v) : f32[64,64]
+  %t = add(%z, %v) : f32[64,64]
+  return %y, %t
+}
+""")
+    after = fold_constants(before)
+    # %w reaches the Gemm only as a weight and folds; %v is also read by an Add and stays
+    assert ops(after) == ["gemm", "constant_of_shape", "matmul", "add"]
+    np.testing.assert_array_equal(after.constants()["wc"], np.full((64, 64), 0.5, np.float32))
+    assert_sound(before, after)
+
+
 def test_random_and_control_flow_are_not_folded() -> None:
     before = parse("""func @main() -> (f32[2,3], f32[]) {
   %r = random_normal() {dtype=f32, shape=[2, 3]} : f32[2,3]
