@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from .codegen.target import Target
 
 PROG = "kiln"
+# What a model argument may be (the frontends it goes to: compiler/cli.py _load).
+MODEL_HELP = "an .onnx file, or a Python file defining a DSL model (net.py, or net.py:NAME)"
 
 
 class UsageError(Exception):
@@ -91,7 +93,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Print a model's inputs and outputs, op counts, parameter count and bytes, "
                     "and estimated FLOPs (symbolic dimensions taken as 1 unless bound).",
     )
-    inspect.add_argument("model", type=Path, help="an .onnx file")
+    inspect.add_argument("model", type=Path, help=MODEL_HELP)
     inspect.add_argument("--ir", action="store_true", help="also print the graph IR text")
     inspect.add_argument("--full-constants", action="store_true",
                          help="with --ir, print constants whole instead of as digests")
@@ -103,7 +105,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Compile an ONNX model ahead of time into a self-contained shared library "
                     "(code, static plan, weights) with a C ABI, plus a header beside it.",
     )
-    compile_.add_argument("model", type=Path, help="an .onnx file")
+    compile_.add_argument("model", type=Path, help=MODEL_HELP)
     compile_.add_argument("-o", "--output", type=Path, metavar="MODEL.so",
                           help="the library to write (MODEL.h, and MODEL.bin with "
                                "--weights external, go beside it); required unless "
@@ -144,7 +146,7 @@ def _build_parser() -> argparse.ArgumentParser:
                     "which kiln compile then uses for the same target and thread count. "
                     "Progress goes to stderr, the final table to stdout.",
     )
-    tune.add_argument("model", type=Path, help="an .onnx file")
+    tune.add_argument("model", type=Path, help=MODEL_HELP)
     _add_target(tune, "host (default) or a preset whose code runs on this CPU "
                       "(e.g. x86_64-avx2)")
     _add_input_shape(tune, "bind the symbolic dimensions of an input")
@@ -170,7 +172,7 @@ def _build_parser() -> argparse.ArgumentParser:
                     "bytes). Inputs missing from --inputs are an error; without --inputs every "
                     "input is random (floats standard normal, integers in [0, 3), bools fair).",
     )
-    run.add_argument("model", type=Path, help="an .onnx file or a library from kiln compile")
+    run.add_argument("model", type=Path, help=f"{MODEL_HELP}, or a library from kiln compile")
     run.add_argument("--threads", type=int, help="threads of a compiled library (default: all)")
     run.add_argument("--inputs", type=Path, metavar="IN.npz",
                      help="input arrays, one per graph input, keyed by input name")
@@ -229,12 +231,17 @@ def _progress_logger(verbose: bool) -> Callable[[str], None]:
 
 
 def _load(path: Path, log: Callable[[str], None]) -> Graph:
-    if not path.is_file():
-        raise UsageError(f"model file '{path}' does not exist")
-    from kiln.frontends.onnx import load_onnx  # the composition root's one frontend import
+    """The graph of an ONNX file, or of the DSL model a Python file defines (``net.py:name``
+    picks one of several)."""
+    # the composition root is the one place that imports frontends
+    from kiln.frontends.dsl.loading import load_python, split_model_path
+    from kiln.frontends.onnx import load_onnx
 
+    file, name = split_model_path(str(path))
+    if not file.is_file():
+        raise UsageError(f"model file '{file}' does not exist")
     log(f"loading {path}")
-    graph = load_onnx(path)
+    graph = load_python(file, name) if file.suffix == ".py" else load_onnx(file)
     log(f"loaded {sum(1 for _ in graph.walk())} nodes")
     return graph
 

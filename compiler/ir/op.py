@@ -24,6 +24,9 @@ class Op(enum.Enum):
     MAX_POOL_NCHWC = "max_pool_nchwc"
     AVERAGE_POOL_NCHWC = "average_pool_nchwc"
     LRN_NCHWC = "lrn_nchwc"
+    # A user's scalar function carried as LLVM IR (the DSL's ``elementwise`` decorator makes
+    # it; the ONNX exporter writes it in the "ai.kiln" domain).
+    CUSTOM_ELEMENTWISE = "custom_elementwise"
     ABS = "abs"
     ACOS = "acos"
     ACOSH = "acosh"

@@ -24,6 +24,7 @@ from .kernel_ir import (
     Binary,
     Block,
     Buffer,
+    Call,
     Cast,
     Compare,
     Declare,
@@ -88,6 +89,8 @@ class Rewriter:
             return Select(self.expr(e.cond), self.expr(e.a), self.expr(e.b))
         if isinstance(e, Cast):
             return Cast(self.expr(e.x), e.dtype)
+        if isinstance(e, Call):
+            return Call(e.function, tuple(self.expr(a) for a in e.args))
         if isinstance(e, Var):
             return self.var(e)
         return e  # Const
@@ -164,6 +167,8 @@ def walk(body: Stmt) -> Iterator[Stmt | Expr]:
             stack.extend((node.a, node.b))
         elif isinstance(node, Select):
             stack.extend((node.cond, node.a, node.b))
+        elif isinstance(node, Call):
+            stack.extend(node.args)
         elif isinstance(node, MatmulTile):
             stack.extend(node.offsets)
 

@@ -22,6 +22,7 @@ from .kernel_ir import (
     Binary,
     Block,
     Buffer,
+    Call,
     Cast,
     Compare,
     Const,
@@ -267,4 +268,9 @@ class _Interpreter:
         if isinstance(node, Cast):
             with np.errstate(all="ignore"):
                 return scalar(_cast(self.expr(node.x, env), node.x.dtype, node.dtype), node.dtype)
+        if isinstance(node, Call):
+            args = [np.asarray(self.expr(a, env)) for a in node.args]
+            from ..codegen.llvm.external_jit import run_external  # LLVM only where a Call runs
+
+            return scalar(run_external(node.function, args), node.dtype)
         raise ExecutionError(f"unknown expression {type(node).__name__}")

@@ -5,8 +5,9 @@ NVPTX (GPU) emitters read them. Everything is an immutable dataclass.
 
 - ``Buffer``: a named, typed, statically shaped array, row-major with element strides.
 - Expressions (``Expr``): constants, variables (loop indices and scalar locals), loads, unary
-  and binary arithmetic, comparisons, selects and casts; each has a ``dtype``. Index arithmetic
-  is ``i64``. Python operators build expressions: ``i * 4 + j``, ``x.load(i, j) + 1.0``.
+  and binary arithmetic, comparisons, selects, casts, and calls of an ``ExternalFunction`` (a
+  scalar function carried as LLVM IR: a custom elementwise op); each has a ``dtype``. Index
+  arithmetic is ``i64``. Python operators build expressions: ``i * 4 + j``, ``x.load(i, j) + 1.0``.
 - Statements (``Stmt``): ``Loop`` (annotated serial / parallel / vectorize / unroll, room for
   GPU block / thread binding), ``Store``, ``Block``, ``If``, ``Declare`` / ``Assign`` of scalar
   locals (accumulators), ``Report`` of a run-time failure in the data, and ``MatmulTile``: a
@@ -24,6 +25,8 @@ Semantics of the operators (what every backend must implement):
 - ``Select`` may evaluate both operands (backends emit a branch-free select): a load in either
   operand must be in bounds whatever the condition; guard a load that may not be with ``If``.
 - ``Loop`` extents may be run-time expressions; an extent <= 0 runs no iteration.
+- ``Call`` is pure and total: it reads and writes no memory and returns a value for every
+  argument (backends may evaluate, duplicate or inline it freely).
 - ``round`` rounds half to even; ``cast`` from float to int truncates toward zero and saturates
   (NaN gives 0), from anything to bool is ``x != 0``.
 """
@@ -31,8 +34,9 @@ Semantics of the operators (what every backend must implement):
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..ir.types import DType
 
@@ -259,6 +263,47 @@ class Select(Expr):
 class Cast(Expr):
     x: Expr
     dtype: DType
+
+
+@dataclass(frozen=True)
+class ExternalFunction:
+    """A scalar function defined by LLVM IR: ``symbol`` in the self-contained module ``llvm_ir``
+    maps values of the ``args`` types to a ``result`` (the custom elementwise op's attributes;
+    ``kiln.compiler.ir.rules.custom`` says what such a module may hold). ``name`` is the user's
+    name for it, for messages."""
+
+    name: str
+    symbol: str
+    llvm_ir: str
+    args: tuple[DType, ...]
+    result: DType
+
+    @staticmethod
+    def of_op(attrs: Mapping[str, Any], args: Sequence[DType]) -> ExternalFunction:
+        """The function of a custom elementwise op with attributes ``attrs`` applied to
+        operands of types ``args``."""
+        return ExternalFunction(attrs["name"], attrs["symbol"], attrs["llvm_ir"], tuple(args),
+                                attrs["dtype"])
+
+
+@dataclass(frozen=True, eq=False)
+class Call(Expr):
+    """``function`` applied to ``args``, whose types are the function's argument types."""
+
+    function: ExternalFunction
+    args: tuple[Expr, ...]
+
+    def __post_init__(self) -> None:
+        found = tuple(a.dtype for a in self.args)
+        if found != self.function.args:
+            raise ValueError(
+                f"call of {self.function.name}: arguments of types "
+                f"({', '.join(t.value for t in found)}), expected "
+                f"({', '.join(t.value for t in self.function.args)})")
+
+    @property
+    def dtype(self) -> DType:  # type: ignore[override]
+        return self.function.result
 
 
 class Stmt:

@@ -31,7 +31,7 @@ LATEST = onnx.defs.onnx_opset_version()
 Schema = Any
 
 
-def _type_proto(type_: TensorType | None) -> TypeProto:
+def type_proto(type_: TensorType | None) -> TypeProto:
     if type_ is None:  # an absent optional input
         return TypeProto()
     dims = [d if isinstance(d, int) else (None if d == UNKNOWN else d) for d in type_.shape]
@@ -63,7 +63,7 @@ def function_body(
             schema.get_context_dependent_function_with_opset_version(
                 max(versions),
                 node.SerializeToString(),
-                [_type_proto(t).SerializeToString() for t in input_types],
+                [type_proto(t).SerializeToString() for t in input_types],
             )
         )
     if not body.node:

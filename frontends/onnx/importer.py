@@ -37,7 +37,14 @@ from kiln.compiler.ir.types import UNKNOWN, Dim, DType, TensorType
 from .attributes import attr_value, fit_schema, sparse_to_array, tensor_to_array
 from .functions import function_body, schema_for
 from .loading import read_model
-from .mapping import UnsupportedTypeError, defined_op_for, dtype_of, is_kiln_dtype
+from .mapping import (
+    KILN_DOMAIN,
+    KILN_OPS,
+    UnsupportedTypeError,
+    defined_op_for,
+    dtype_of,
+    is_kiln_dtype,
+)
 from .validation import check_supported, node_domain, opset_map, topological_order
 from .versions import Form, normalize
 
@@ -229,15 +236,21 @@ class _Importer:
             if node.op_type == "Constant" and domain == "":
                 self._constant(node, attrs, scope, where)
                 return
-            if schema is None:
+            kiln_op = KILN_OPS.get(node.op_type) if domain == KILN_DOMAIN else None
+            if schema is None and kiln_op is None:
                 raise UnsupportedOpError(f"{where}: no such op in domain {domain or 'ai.onnx'!r}")
             inputs = [scope.lookup(name) if name else None for name in node.input]
             out_names = [scope.name_for(name) if name else None for name in node.output]
             condition = scope.builder.const_value(inputs[0]) if node.op_type == "If" else None
-            if condition is not None and scope.builder.fold:
+            if kiln_op is not None:  # Kiln's own domain holds IR ops as they are
+                fitted = fit_schema(kiln_op, node.op_type, attrs, f"node {node.name!r}")
+                values = scope.builder.add(kiln_op, inputs, fitted, outputs=out_names,
+                                           name=node.name)
+            elif condition is not None and scope.builder.fold:
                 branch = attrs["then_branch" if condition.any() else "else_branch"]
                 values = self._inline_branch(branch, out_names, scope, node)
             else:
+                assert schema is not None
                 self._import_bodies(node, inputs, attrs, scope)
                 form = Form(node.op_type, inputs, attrs, len(node.output))
                 form = normalize(form, schema.since_version, _Emitter(self, scope, node))

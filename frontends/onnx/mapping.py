@@ -1,7 +1,9 @@
 """Tables from ONNX names to Kiln's: op types to ``Op`` members, tensor element types to ``DType``.
 
 ONNX op types map onto the ``Op`` whose value is the op type in snake case; matching ignores
-case and underscores, so ``IsNaN`` finds ``is_nan`` and ``TopK`` finds ``topk``.
+case and underscores, so ``IsNaN`` finds ``is_nan`` and ``TopK`` finds ``topk``. Kiln ops that
+ONNX lacks but a model may carry (a user's custom elementwise function) live in Kiln's own
+domain, ``KILN_DOMAIN``, under the op types of ``KILN_OPS``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ class UnsupportedTypeError(KilnError):
 
 
 _OPS_BY_KEY = {op.value.replace("_", ""): op for op in Op}
+
+KILN_DOMAIN = "ai.kiln"
+KILN_DOMAIN_VERSION = 1
+KILN_OPS: dict[str, Op] = {"CustomElementwise": Op.CUSTOM_ELEMENTWISE}
 
 
 def op_for(op_type: str) -> Op | None:

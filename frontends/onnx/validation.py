@@ -16,7 +16,7 @@ from onnx import GraphProto, ModelProto, NodeProto, OperatorSetIdProto
 from kiln.compiler.errors import ModelFormatError, UnsupportedOpError
 
 from .functions import newest_schema, schema_for, static_body
-from .mapping import defined_op_for
+from .mapping import KILN_DOMAIN, KILN_OPS, defined_op_for
 from .versions import REPLACED_BY, UNSUPPORTED_VERSIONS
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -73,6 +73,8 @@ Visitor = Callable[[Iterable[NodeProto], Mapping[str, int]], None]
 
 
 def _supported(op_type: str, domain: str, opsets: Mapping[str, int], visit: Visitor) -> bool:
+    if domain == KILN_DOMAIN:
+        return op_type in KILN_OPS
     if domain != "" or "" not in opsets:
         return False
     if op_type == "Constant":

@@ -143,3 +143,23 @@ def test_compiler_loads_no_onnx_and_no_frontend() -> None:
            if m == banned or m.startswith(banned + ".")]
     assert bad == [], f"importing kiln.compiler loaded {bad}"
     assert "kiln.compiler.cli" in loaded
+
+
+def test_ir_and_reference_executor_load_no_llvm() -> None:
+    """Building, verifying and running a graph on the reference executor needs no LLVM (only a
+    graph holding a custom op, whose definition is LLVM IR, loads it)."""
+    loaded = _modules_loaded_by(
+        "import numpy as np\n"
+        "from kiln.compiler import reference\n"
+        "from kiln.compiler.ir.builder import GraphBuilder\n"
+        "from kiln.compiler.ir.op import Op\n"
+        "from kiln.compiler.ir.types import DType, TensorType\n"
+        "from kiln.compiler.lower import interpret\n"
+        "b = GraphBuilder('g')\n"
+        "x = b.add_input('x', TensorType(DType.F32, (2,)))\n"
+        "g = b.finish([b.add1(Op.RELU, [x])])\n"
+        "reference.run(g, {'x': np.ones(2, np.float32)})\n"
+    )
+    llvm = [m for m in loaded if m.startswith("llvmlite") or ".codegen" in m]
+    assert llvm == [], f"the IR and reference executor loaded {llvm}"
+    assert "kiln.compiler.reference.executor" in loaded

@@ -2,7 +2,8 @@
 
 - ``emit_kernel(module, kernel, target)`` defines one kernel function (``kernel.py``), with
   expressions in ``expr.py``, vectorizable math in ``math.py``, f16 / bf16 conversions in
-  ``half.py`` and parallel-loop outlining in ``parallel.py``.
+  ``half.py``, parallel-loop outlining in ``parallel.py`` and the scalar functions carried as
+  LLVM IR (custom elementwise ops) in ``external.py``.
 - ``compile.py`` verifies, optimizes and emits object code or assembly.
 """
 

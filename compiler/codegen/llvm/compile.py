@@ -12,6 +12,7 @@ import llvmlite.binding as llvm
 from llvmlite import ir
 
 from ..target import CodegenError, Target, initialize_llvm
+from .external import link_external
 
 
 def create_module(name: str, target: Target) -> ir.Module:
@@ -23,11 +24,14 @@ def create_module(name: str, target: Target) -> ir.Module:
 
 
 def parse(module: ir.Module | str, target: Target) -> llvm.ModuleRef:
-    """Parse and verify ``module`` (IR builder module or LLVM assembly text)."""
+    """Parse and verify ``module`` (IR builder module or LLVM assembly text); the scalar
+    functions a builder module's kernels call (``external.py``) are linked in."""
     initialize_llvm()
     text = str(module)
     try:
         ref = llvm.parse_assembly(text)
+        if isinstance(module, ir.Module):
+            link_external(module, ref)
         ref.verify()
     except RuntimeError as error:
         raise CodegenError(f"LLVM rejected the generated module: {error}") from None

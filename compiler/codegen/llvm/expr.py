@@ -20,6 +20,7 @@ from ...ir.types import DType
 from ...lower.kernel_ir import (
     Binary,
     Buffer,
+    Call,
     Cast,
     Compare,
     Const,
@@ -31,6 +32,7 @@ from ...lower.kernel_ir import (
 )
 from ..target import CodegenError
 from . import math as fmath
+from .external import declare_external
 from .half import F32, F64, float_to_half, half_to_float, round_to_half
 
 I1 = ir.IntType(1)
@@ -176,6 +178,11 @@ class ExprEmitter:
                             self._expr(node.b, memo))
         if isinstance(node, Cast):
             return convert(b, self._expr(node.x, memo), node.x.dtype, node.dtype)
+        if isinstance(node, Call):
+            signature = ir.FunctionType(value_type(node.dtype),
+                                        [value_type(a) for a in node.function.args])
+            callee = declare_external(b.module, node.function, signature)
+            return b.call(callee, [self._expr(a, memo) for a in node.args])
         raise CodegenError(f"cannot compile expression {type(node).__name__}")
 
     # -- unary -----------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from ...lower.kernel_ir import (
     Assign,
     Binary,
     Block,
+    Call,
     Cast,
     Compare,
     Declare,
@@ -64,6 +65,8 @@ def sub_exprs(node: Expr) -> Iterator[Expr]:
         children = (node.a, node.b)
     elif isinstance(node, Select):
         children = (node.cond, node.a, node.b)
+    elif isinstance(node, Call):
+        children = node.args
     else:
         children = ()
     for child in children:

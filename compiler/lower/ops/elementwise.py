@@ -5,7 +5,7 @@ scalar expression of broadcast loads of its inputs.
 mirroring the reference kernels (compiler/reference/kernels/elementwise.py, which define the
 semantics): float16/bfloat16 arithmetic in float32 rounded once at the store, integers in their
 own type, the float maps that admit integers (Shrink) in float64, and exact ops (comparisons,
-logic, min/max, selects, casts) on the loaded values as they are.
+logic, min/max, selects, casts, custom functions) on the loaded values as they are.
 """
 
 from __future__ import annotations
@@ -20,7 +20,19 @@ import numpy as np
 
 from ...ir.op import Op
 from ...ir.types import DType
-from ..kernel_ir import Binary, Compare, Const, Expr, Kernel, Stmt, Unary, as_expr, select
+from ..kernel_ir import (
+    Binary,
+    Call,
+    Compare,
+    Const,
+    Expr,
+    ExternalFunction,
+    Kernel,
+    Stmt,
+    Unary,
+    as_expr,
+    select,
+)
 from ..registry import LowerContext, lowering
 from .common import broadcast_index, const
 from .elementwise_scalar import (
@@ -230,6 +242,11 @@ def _clip(xs: Operands, attrs: Attrs) -> Expr:
     return result if high is None else fmin(result, high)
 
 
+def _custom(xs: Operands, attrs: Attrs) -> Expr:
+    args = [x for x in xs if x is not None]
+    return Call(ExternalFunction.of_op(attrs, [x.dtype for x in args]), tuple(args))
+
+
 SCALAR: dict[Op, Scalar] = {
     **{op: _unary(fn, to_float) for op, fn in FLOAT_MAPS.items()},
     **{op: _unary(fn, own) for op, fn in EXACT_MAPS.items()},
@@ -242,6 +259,8 @@ SCALAR: dict[Op, Scalar] = {
     Op.MEAN: Scalar(_mean, wide),
     Op.WHERE: Scalar(lambda xs, attrs: select(*xs), own),  # type: ignore[arg-type]
     Op.CLIP: Scalar(_clip, own),
+    # the carried function takes its operands as they are and returns the op's type
+    Op.CUSTOM_ELEMENTWISE: Scalar(_custom, own),
 }
 
 

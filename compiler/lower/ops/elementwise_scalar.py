@@ -22,6 +22,7 @@ from ..kernel_ir import (
     Binary,
     Block,
     Buffer,
+    Call,
     Cast,
     Compare,
     Const,
@@ -358,6 +359,8 @@ def _children(node: Stmt | Expr) -> tuple[Stmt | Expr, ...]:
         return (node.a, node.b)
     if isinstance(node, Select):
         return (node.cond, node.a, node.b)
+    if isinstance(node, Call):
+        return node.args
     if isinstance(node, Block):
         return node.body
     if isinstance(node, Loop):

@@ -70,6 +70,7 @@ class KernelContext:
 def _load_kernels() -> None:
     from . import (  # noqa: F401 - importing registers the kernels
         control,
+        custom,
         elementwise,
         fused,
         index,
