@@ -3,13 +3,13 @@
     python benchmarks/bench_gemm.py [--sizes 256 512 1024 2048] [--threads 1 2] [--runs 10]
                                     [--json PATH]
 
-Machine peak: a JIT-compiled loop (llvmlite MCJIT, host target) of independent ``llvm.fma``
-chains on the widest f32 vector (``<16 x float>`` on AVX-512, ``<8 x float>`` on AVX2), enough
-chains to cover the FMA latency on every pipe and few enough to stay in registers. Its FLOP/s
-on one thread is the per-core peak; ``n`` cores peak at ``n`` times that. The first line
-printed is the best rate of a second of bursts per thread count (``n`` threads running the loop
-at once: ctypes calls release the GIL), which shows whether the cores add up, with the FMA
-instruction found in the loop's assembly (so a peak that is not a vector FMA peak shows).
+Machine peak: the FMA loop of ``kiln.compiler.profile.calibrate`` (``fma_loop``: independent
+``llvm.fma`` chains on the widest f32 vector, JIT-compiled for the host), the loop ``kiln
+profile`` calibrates with. Its FLOP/s on one thread is the per-core peak; ``n`` cores peak at
+``n`` times that. The first line printed is the best rate of a second of bursts per thread
+count (``n`` threads running the loop at once: ctypes calls release the GIL), which shows
+whether the cores add up, with the FMA instruction found in the loop's assembly (so a peak that
+is not a vector FMA peak shows).
 
 GEMM: for each size ``M = N = K``, a one-node graph ``MatMul(A: input f32[M,K], B: constant
 f32[K,N])`` compiled with ``build(graph, opt_level=3)`` and loaded per thread count, the same
@@ -28,197 +28,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
-import math
-import re
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from bench_models import interleaved_times, relative_error
 
+from kiln.compiler.profile.calibrate import PeakProbe, measure_peak, peak_probe
+
 PEAK_BAR = 0.75  # GEMM 1024^3 must reach this fraction of the measured FMA peak
 BAR_SIZE = 1024
-
-
-# --- machine peak ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FmaLoop:
-    """The JIT-compiled FMA loop: ``function(iterations, vectors)`` runs ``accumulators``
-    chains for ``iterations`` steps; ``vectors`` holds the multiplier, the addend and each
-    chain's start value (``accumulators + 2`` vectors of ``lanes`` floats)."""
-
-    function: Callable[[int, ctypes.Array], None]
-    lanes: int
-    accumulators: int
-    assembly: str
-    engine: object  # the execution engine owning the code; kept alive with the function
-
-    @property
-    def flops_per_iteration(self) -> int:
-        return 2 * self.lanes * self.accumulators
-
-    def vectors(self) -> ctypes.Array:
-        """Arguments for one call: accumulators converge to 1 (x' = 0.999 x + 0.001), so no
-        value turns denormal or infinite however long the loop runs; each chain starts at a
-        different value so that LLVM cannot merge identical chains."""
-        values = [0.999, 0.001, *(1.0 + i / 64 for i in range(self.accumulators))]
-        data = np.repeat(np.asarray(values, np.float32), self.lanes)
-        return (ctypes.c_float * data.size)(*data.tolist())
-
-    def fma_instruction(self) -> str:
-        """The first vector FMA of the assembly with its register class, e.g.
-        ``vfmadd213ps zmm``; empty when there is none."""
-        found = re.search(r"\b(fmla|vfn?madd\w*)\s+%?([xyz]mm|v)", self.assembly)
-        return f"{found.group(1)} {found.group(2)}" if found else ""
-
-
-def accumulator_count(vector_bits: int) -> int:
-    """Independent chains: enough to keep every FMA pipe busy through the FMA latency (2 pipes
-    x 4 cycles on current x86 cores: 8), few enough to stay in registers with the two operands:
-    12 of AVX2's 16 vector registers, 24 of AVX-512's 32."""
-    return 24 if vector_bits >= 512 else 12
-
-
-def fma_loop() -> FmaLoop:
-    """Compile the peak loop for the host CPU with LLVM at -O3."""
-    import llvmlite.binding as llvm
-    from llvmlite import ir
-
-    from kiln.compiler.codegen.llvm.compile import create_module, emit_assembly, optimize
-    from kiln.compiler.codegen.target import Target
-
-    target = Target.parse("host")
-    lanes = max(1, target.vector_bits // 32)
-    accumulators = accumulator_count(target.vector_bits)
-    vector = ir.VectorType(ir.FloatType(), lanes)
-    module = create_module("fma_peak", target)
-    fma = ir.Function(module, ir.FunctionType(vector, [vector] * 3), f"llvm.fma.v{lanes}f32")
-    function = ir.Function(module, ir.FunctionType(ir.VoidType(),
-                                                   [ir.IntType(64), ir.PointerType()]), "fma_peak")
-    iterations, data = function.args
-    entry, loop, done = (function.append_basic_block(n) for n in ("entry", "loop", "done"))
-    builder = ir.IRBuilder(entry)
-    slots = [builder.gep(data, [ir.Constant(ir.IntType(64), i)], source_etype=vector)
-             for i in range(accumulators + 2)]
-    # align 4: the ctypes array is only float-aligned (the loads and stores sit outside the loop)
-    scale, shift, *starts = (builder.load(slot, typ=vector, align=4) for slot in slots)
-    builder.branch(loop)
-    builder.position_at_end(loop)
-    step = builder.phi(ir.IntType(64))
-    chains = [builder.phi(vector) for _ in range(accumulators)]
-    updated = [builder.call(fma, [chain, scale, shift]) for chain in chains]
-    following = builder.add(step, ir.Constant(ir.IntType(64), 1))
-    builder.cbranch(builder.icmp_unsigned("<", following, iterations), loop, done)
-    step.add_incoming(ir.Constant(ir.IntType(64), 0), entry)
-    step.add_incoming(following, loop)
-    for chain, start, new in zip(chains, starts, updated, strict=True):
-        chain.add_incoming(start, entry)
-        chain.add_incoming(new, loop)
-    builder.position_at_end(done)
-    for slot, new in zip(slots[2:], updated, strict=True):  # stored, so nothing is dead code
-        builder.store(new, slot, align=4)
-    builder.ret_void()
-
-    optimized = optimize(module, target, opt_level=3)
-    assembly = emit_assembly(optimized, target, opt_level=3)
-    # The engine takes ownership of its target machine and frees it with itself: give it a
-    # private one, never the cached machine that Kiln's own builds share.
-    machine = llvm.Target.from_triple(target.triple).create_target_machine(
-        cpu=target.cpu, features=target.features, opt=3)
-    engine = llvm.create_mcjit_compiler(optimized, machine)
-    engine.finalize_object()
-    prototype = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p)
-    call = prototype(engine.get_function_address("fma_peak"))
-    return FmaLoop(call, lanes, accumulators, assembly, engine)
-
-
-@dataclass(frozen=True)
-class PeakProbe:
-    """The FMA loop sized so that one call takes a short burst, shorter than the time slices a
-    loaded machine hands out, so that some bursts run unpreempted. Benchmarks run it on one
-    thread as one more engine, taking turns with the engines they compare, and keep its fastest
-    burst: the per-core peak when the core was free, looked for throughout the run rather than
-    once. ``n`` threads' peak is ``n`` times that (the peak of ``n`` cores)."""
-
-    loop: FmaLoop
-    iterations: int  # per thread and call
-
-    def flops(self, threads: int = 1) -> int:
-        """FLOPs of one call of ``runner(threads)``."""
-        return threads * self.iterations * self.loop.flops_per_iteration
-
-    def runner(self, threads: int = 1) -> Callable[[], None]:
-        """One burst on ``threads`` threads at once (ctypes releases the GIL during calls)."""
-        arguments = [self.loop.vectors() for _ in range(threads)]
-        if threads == 1:
-            return lambda: self.loop.function(self.iterations, arguments[0])
-
-        def burst() -> None:
-            workers = [threading.Thread(target=self.loop.function, args=(self.iterations, a))
-                       for a in arguments]
-            for worker in workers:
-                worker.start()
-            for worker in workers:
-                worker.join()
-
-        return burst
-
-    def peak_gflops(self, fastest: float, threads: int) -> float:
-        """The peak of ``threads`` cores from the fastest one-thread burst, in seconds."""
-        return threads * self.flops() / fastest / 1e9
-
-
-def peak_probe(burst: float = 0.001) -> PeakProbe:
-    """Compile the FMA loop and size one call to about ``burst`` seconds."""
-    loop = fma_loop()
-    iterations = 1 << 8
-    while True:
-        start = time.perf_counter()
-        loop.function(iterations, loop.vectors())
-        if time.perf_counter() - start > burst:
-            return PeakProbe(loop, iterations)
-        iterations *= 2
-
-
-@dataclass(frozen=True)
-class Peak:
-    """The best FMA GFLOP/s per thread count (all threads together) over a second of bursts:
-    on a shared machine, the burst that found the cores free."""
-
-    gflops: dict[int, float]
-    lanes: int
-    accumulators: int
-    instruction: str
-
-    def lines(self) -> list[str]:
-        chains = f"{self.accumulators} chains of <{self.lanes} x float> ({self.instruction})"
-        return [f"FMA peak, {chains}: " + ", ".join(
-            f"{g:.1f} GFLOP/s at {t} thread(s)" for t, g in sorted(self.gflops.items()))]
-
-
-def measure_peak(probe: PeakProbe, threads: Sequence[int], seconds: float = 1.0) -> Peak:
-    gflops = {}
-    for count in sorted(set(threads)):
-        # threads start anew for each burst: longer bursts keep that cost out of the rate
-        sized = probe if count == 1 else PeakProbe(probe.loop, 20 * probe.iterations)
-        run = sized.runner(count)
-        fastest = math.inf
-        deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
-            start = time.perf_counter()
-            run()
-            fastest = min(fastest, time.perf_counter() - start)
-        gflops[count] = sized.flops(count) / fastest / 1e9
-    loop = probe.loop
-    return Peak(gflops, loop.lanes, loop.accumulators, loop.fma_instruction())
 
 
 # --- GEMM --------------------------------------------------------------------------------------

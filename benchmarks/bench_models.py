@@ -16,8 +16,8 @@ them alike.
 
 Columns: Kiln, onnxruntime and OpenVINO milliseconds, ``ort/kiln`` and ``ov/kiln`` (above 1:
 Kiln is faster), Kiln's GFLOP/s (FLOPs estimated by ``kiln.compiler.analysis.summary``) and its
-fraction of the FMA peak (threads x the per-core peak: the fastest 1 ms burst of
-benchmarks/bench_gemm.py's FMA loop, run in turn with the engines; against Kiln's median the
+fraction of the FMA peak (threads x the per-core peak: the fastest 1 ms burst of the FMA loop
+of kiln.compiler.profile.calibrate, run in turn with the engines; against Kiln's median the
 fraction errs low on a loaded machine), the compile time, and ``rel err``: max |kiln - ort|
 / max |ort| over the outputs, a check that the timed code computes the model.
 After the table: the geometric-mean ratios per thread count, the lowest ratio, and PASS/FAIL
@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from bench_gemm import PeakProbe
+    from kiln.compiler.profile.calibrate import PeakProbe
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests" / "models"), str(ROOT / "tests" / "conformance")]
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     def wanted(name: str) -> bool:
         return not args.models or any(m in name for m in args.models)
 
-    from bench_gemm import measure_peak, peak_probe  # here: bench_gemm imports this module
+    from kiln.compiler.profile.calibrate import measure_peak, peak_probe
 
     probe = peak_probe()
     peak = measure_peak(probe, args.threads)

@@ -1,4 +1,4 @@
-"""The ``kiln`` command line: ``kiln inspect``, ``kiln compile``, ``kiln tune`` and ``kiln run``.
+"""The ``kiln`` command line: ``kiln inspect``, ``compile``, ``tune``, ``run`` and ``profile``.
 
 This module is Kiln's one composition root: it is the only place under ``kiln.compiler`` that
 reaches a frontend, and it does so inside the command functions (never at module top level), so
@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import sys
 import time
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -29,11 +31,15 @@ from .ir.types import DType, TensorType
 from .machine import Machine
 
 if TYPE_CHECKING:
+    from kiln.runtime import Model, ProfileCounters
+
     from .codegen.target import Target
+    from .profile.report import Section
 
 PROG = "kiln"
 # What a model argument may be (the frontends it goes to: compiler/cli.py _load).
 MODEL_HELP = "an .onnx file, or a Python file defining a DSL model (net.py, or net.py:NAME)"
+LIBRARY_SUFFIXES = (".so", ".dylib", ".dll")
 
 
 class UsageError(Exception):
@@ -136,6 +142,14 @@ def _build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--tune-threads", type=_count, metavar="N",
                           help="use the schedules kiln tune measured with --threads N "
                                "(default: one thread per CPU, as the library runs by default)")
+    compile_.add_argument("--profile", action="store_true",
+                          help="a profiling build: per-kernel timers and trace events compiled "
+                               "in, read by kiln profile or the C ABI's kiln_profile_* calls "
+                               "(without it the code has no timer calls at all)")
+    compile_.add_argument("--dump", type=Path, metavar="DIR",
+                          help="write each kernel's kernel IR, LLVM IR before and after "
+                               "optimization and assembly into DIR, named after the kernel, "
+                               "and the plan (calls, buffers) as DIR/plan.txt")
     compile_.set_defaults(handler=_compile)
 
     tune = commands.add_parser(
@@ -181,6 +195,54 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     _add_input_shape(run, "shape of a random input whose dimensions are symbolic")
     run.set_defaults(handler=_run)
+
+    profile = commands.add_parser(
+        "profile", parents=[common], help="time every kernel of a model (a profiling build)",
+        description="Run a profiling build of a model (an .onnx or .py model is compiled for "
+                    "this machine with the timers in; a library must come from kiln compile "
+                    "--profile) W times to warm up and R times measured, then print per "
+                    "kernel: calls, total and mean time, share of the run, FLOPs and bytes "
+                    "of one call, achieved GFLOP/s and GB/s, and the fraction of this "
+                    "machine's peak (the larger of compute and memory, named in 'bound'). "
+                    "The peaks are measured once (about 2 s, reported on stderr) and cached in "
+                    "$KILN_CALIBRATION_CACHE, else $XDG_CACHE_HOME/kiln/calibration.json, else "
+                    "~/.cache/kiln/calibration.json. Inputs as for kiln run.",
+    )
+    profile.add_argument("model", type=Path,
+                         help=f"{MODEL_HELP}, or a library from kiln compile --profile")
+    profile.add_argument("--threads", type=_count, metavar="N",
+                         help="threads to run with (default: one per CPU); an .onnx or .py "
+                              "model uses the schedules kiln tune measured for N")
+    profile.add_argument("--runs", type=_count, default=10, metavar="R",
+                         help="measured runs (default 10)")
+    profile.add_argument("--warmup", type=_count_or_zero, default=3, metavar="W",
+                         help="unmeasured runs first (default 3)")
+    profile.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                         help="table (default), json or csv (kernel rows only) on stdout")
+    profile.add_argument("--trace", type=Path, metavar="OUT.json",
+                         help="write the measured runs' kernel events as a Chrome trace-event "
+                              "file (Perfetto, chrome://tracing), one track per thread")
+    profile.add_argument("-O", dest="opt_level", type=int, choices=range(4), default=2,
+                         metavar="N", help="optimization level 0-3 of the build (default 2)")
+    profile.add_argument("--inputs", type=Path, metavar="IN.npz",
+                         help="input arrays, one per model input, keyed by input name "
+                              "(default: random, as kiln run makes them)")
+    profile.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    _add_input_shape(profile, "bind the symbolic dimensions of an input")
+    profile.add_argument("--recalibrate", action="store_true",
+                         help="measure this machine's peaks again and update the cache")
+    profile.add_argument("--compare-onnxruntime", action="store_true",
+                         help="(.onnx) also run the model in onnxruntime with its profiler on "
+                              "and put its per-node times beside Kiln's kernels")
+    profile.add_argument("--numerics", choices=("reference", "onnxruntime"),
+                         help="also compare every observable intermediate value with the "
+                              "reference executor's or onnxruntime's (.onnx) and report the "
+                              "first divergence")
+    profile.add_argument("--rtol", type=float,
+                         help="--numerics relative tolerance (default: per element type)")
+    profile.add_argument("--atol", type=float,
+                         help="--numerics absolute tolerance (default: per element type)")
+    profile.set_defaults(handler=_profile)
     return parser
 
 
@@ -193,12 +255,20 @@ def _add_target(parser: argparse.ArgumentParser, targets: str) -> None:
 
 
 def _count(text: str) -> int:
+    return _integer(text, 1, "a positive integer")
+
+
+def _count_or_zero(text: str) -> int:
+    return _integer(text, 0, "a non-negative integer")
+
+
+def _integer(text: str, minimum: int, expected: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        value = minimum - 1
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
 
 
@@ -268,7 +338,8 @@ def _compile(args: argparse.Namespace, log: Callable[[str], None]) -> None:
         raise UsageError("compile needs -o MODEL.so (or --stop-after PASS to print the IR)")
     graph = _load(args.model, log)
     target = Target.parse(args.target, cpu=args.cpu, features=args.features)
-    tuned = _tuned_schedules(args, target, log)
+    tuned = {} if args.no_tune_cache else _tuned_schedules(target, args.tune_threads, log,
+                                                            args.tune_cache)
     if args.stop_after is not None:
         _compile_stop_after(args, graph, target.machine().with_tuned(tuned), log)
         return
@@ -276,7 +347,8 @@ def _compile(args: argparse.Namespace, log: Callable[[str], None]) -> None:
         exe = build(graph, target=target, opt_level=args.opt_level,
                     input_shapes=dict(args.input_shape), weights=args.weights, progress=log,
                     print_ir_after=args.print_ir_after,
-                    print_ir_after_all=args.print_ir_after_all, tuned=tuned)
+                    print_ir_after_all=args.print_ir_after_all, tuned=tuned,
+                    profile=args.profile, dump_dir=args.dump)
     applied = sum(1 for d in decisions if tuned.get(d.signature) == d.chosen)
     log(f"tuned schedules used by {applied} of {len(decisions)} tunable kernels")
     written = exe.export(args.output)
@@ -289,17 +361,16 @@ def _compile(args: argparse.Namespace, log: Callable[[str], None]) -> None:
 
 
 def _tuned_schedules(
-    args: argparse.Namespace, target: Target, log: Callable[[str], None]
+    target: Target, threads: int | None, log: Callable[[str], None], path: Path | None = None
 ) -> dict[str, dict[str, Any]]:
-    """The tuning cache's schedules for ``target`` (none with ``--no-tune-cache``)."""
+    """The schedules the tuning cache (``path``, default the user's) holds for ``target`` run
+    with ``threads`` threads."""
     from .tune.cache import TuneCache, machine_key
 
-    if args.no_tune_cache:
-        return {}
-    cache = TuneCache(args.tune_cache, warn=_warn)
-    tuned = cache.tuned(target, args.tune_threads)
+    cache = TuneCache(path, warn=_warn)
+    tuned = cache.tuned(target, threads)
     log(f"tuning cache {cache.path}: {len(tuned)} schedules for "
-        f"{machine_key(target, args.tune_threads)}")
+        f"{machine_key(target, threads)}")
     return tuned
 
 
@@ -364,7 +435,7 @@ def _memory_plan_line(graph: Graph, shapes: Mapping[str, tuple[int, ...]]) -> st
 
 
 def _run(args: argparse.Namespace, log: Callable[[str], None]) -> None:
-    if args.model.suffix in (".so", ".dylib", ".dll"):
+    if args.model.suffix in LIBRARY_SUFFIXES:
         names, outputs = _run_library(args, log)
     else:
         names, outputs = _run_reference(args, log)
@@ -403,16 +474,133 @@ def _run_library(
     if not args.model.is_file():
         raise UsageError(f"library '{args.model}' does not exist")
     with load(str(args.model), threads=args.threads) as model:
-        if args.inputs is not None:
-            inputs = _read_inputs([i.name for i in model.inputs], args.inputs)
-        else:
-            rng = np.random.default_rng(args.seed)
-            inputs = {i.name: _random_array(rng, DType.from_numpy(i.dtype), tuple(i.shape))
-                      for i in model.inputs}
+        inputs = _library_inputs(model, args.inputs, args.seed)
         log("running the compiled library")
         outputs = model.run(inputs)
         log("done")
         return [o.name for o in model.outputs], outputs
+
+
+def _profile(args: argparse.Namespace, log: Callable[[str], None]) -> None:
+    from kiln.runtime import load
+    from kiln.runtime.abi import PROFILE_TRACE_EVENTS
+
+    from .codegen.target import Target
+    from .driver import Executable, build
+    from .profile.calibrate import machine_peaks
+    from .profile.report import Report, Totals, format_csv, format_json, format_table, profile_rows
+    from .profile.trace import chrome_trace
+    from .tune.cache import run_threads
+
+    _check_profile_options(args)
+    graph: Graph | None = None
+    exe: Executable | None = None  # holds the library's temporary folder while it runs
+    if args.model.suffix in LIBRARY_SUFFIXES:
+        if not args.model.is_file():
+            raise UsageError(f"library '{args.model}' does not exist")
+        library = args.model
+    else:
+        graph = _load(args.model, log)
+        exe = build(graph, opt_level=args.opt_level, input_shapes=dict(args.input_shape),
+                    progress=log, tuned=_tuned_schedules(Target.parse("host"), args.threads, log),
+                    profile=True)
+        library = exe.library
+    threads = run_threads(args.threads)
+    with load(str(library), threads=args.threads) as model:
+        if not model.profiling:
+            raise UsageError(f"'{library}' is not a profiling build: compile it with "
+                             "'kiln compile --profile' (or profile the .onnx model itself)")
+        inputs = _library_inputs(model, args.inputs, args.seed)
+        log(f"{args.warmup} warm-up and {args.runs} measured run(s) on {threads} thread(s)")
+        for _ in range(args.warmup):
+            model.run(inputs)
+        model.reset_profile()
+        for _ in range(args.runs):
+            model.run(inputs)
+        counters = model.profile()
+        kernels = model.kernel_info()
+        events = model.trace_events() if args.trace is not None else []
+    peaks = machine_peaks(args.recalibrate,
+                          progress=lambda message: print(f"{PROG}: {message}", file=sys.stderr))
+    sections = []
+    if args.compare_onnxruntime:
+        sections.append(_onnxruntime_section(args, inputs, threads, counters, log))
+    if args.numerics is not None:
+        assert graph is not None  # _check_profile_options turned libraries away
+        sections.append(_numerics_section(args, graph, inputs, log))
+    report = Report(str(args.model), threads, peaks, profile_rows(counters, peaks, threads),
+                    Totals.of(counters), tuple(sections))
+    if args.trace is not None:
+        if len(events) >= PROFILE_TRACE_EVENTS:
+            _warn(f"the trace holds the newest {len(events)} events only (the runtime keeps "
+                  "no more): profile fewer --runs for a complete one")
+        args.trace.write_text(json.dumps(chrome_trace(events, kernels)))
+        log(f"wrote {args.trace}: {len(events)} events")
+    formats = {"table": format_table, "json": format_json, "csv": format_csv}
+    print(formats[args.format](report), end="")
+
+
+def _check_profile_options(args: argparse.Namespace) -> None:
+    """Usage errors of ``kiln profile`` found before anything is compiled or run."""
+    onnx = args.model.suffix == ".onnx"
+    if args.compare_onnxruntime and not onnx:
+        raise UsageError("--compare-onnxruntime needs an .onnx model (onnxruntime runs it)")
+    if args.numerics == "onnxruntime" and not onnx:
+        raise UsageError("--numerics onnxruntime needs an .onnx model (onnxruntime runs it)")
+    if args.numerics is not None and args.model.suffix in LIBRARY_SUFFIXES:
+        raise UsageError("--numerics needs the model (.onnx or .py), not a compiled library")
+    if args.format == "csv" and (args.compare_onnxruntime or args.numerics is not None):
+        raise UsageError("--format csv holds the kernel rows only: use table or json with "
+                         "--compare-onnxruntime or --numerics")
+
+
+def _onnxruntime_section(args: argparse.Namespace, inputs: Mapping[str, np.ndarray],
+                         threads: int, counters: ProfileCounters,
+                         log: Callable[[str], None]) -> Section:
+    """``kiln profile --compare-onnxruntime``: onnxruntime's per-node times beside the
+    kernels', joined by ONNX node name."""
+    from kiln.frontends.onnx.ort_profile import format_side_by_side, ort_op_times, side_by_side
+
+    from .profile.report import Section
+
+    log(f"running onnxruntime with its profiler: {args.warmup} warm-up and {args.runs} "
+        "measured run(s)")
+    times = ort_op_times(args.model, inputs, threads, args.runs, warmup=args.warmup)
+    rows = side_by_side(counters.kernels, times, kiln_runs=counters.runs, ort_runs=args.runs)
+    return Section("onnxruntime", f"beside onnxruntime on {threads} thread(s), us per run",
+                   format_side_by_side(rows),
+                   [asdict(row) | {"ort_us": row.ort_us} for row in rows])
+
+
+def _numerics_section(args: argparse.Namespace, graph: Graph,
+                      inputs: Mapping[str, np.ndarray], log: Callable[[str], None]) -> Section:
+    """``kiln profile --numerics``: the first intermediate value off its reference."""
+    from .profile.numerics import first_divergence
+    from .profile.report import Section
+
+    reference_values = None
+    against = "the reference executor"
+    if args.numerics == "onnxruntime":
+        from kiln.frontends.onnx.ort_profile import ort_intermediates
+
+        log("running onnxruntime for every intermediate value")
+        reference_values = ort_intermediates(args.model, inputs)
+        against = "onnxruntime"
+    log("compiling with every observable intermediate value as an output")
+    found = first_divergence(graph, inputs, opt_level=args.opt_level,
+                             reference_values=reference_values, rtol=args.rtol, atol=args.atol,
+                             threads=args.threads)
+    return Section("numerics", f"numerics against {against}", found.describe(),
+                   {"reference": args.numerics} | asdict(found))
+
+
+def _library_inputs(model: Model, path: Path | None, seed: int) -> dict[str, np.ndarray]:
+    """The arrays of ``path`` (an .npz), or random ones of the library's input types."""
+    if path is not None:
+        return _read_inputs([i.name for i in model.inputs], path)
+    rng = np.random.default_rng(seed)
+    return {i.name: _random_array(rng, DType.from_numpy(i.dtype), tuple(i.shape))
+            for i in model.inputs}
 
 
 def _save_outputs(path: Path, arrays: Mapping[str, np.ndarray]) -> None:

@@ -6,7 +6,8 @@
     descriptor) -> object code -> shared library with the C runtime and the weights.
 
 The result is an ``Executable``: ``run`` executes the library through ``kiln.runtime``,
-``export`` copies the library (with its header, and its weights file if external) to a path.
+``export`` copies the library (with its header, and its weights file if external) to a path;
+``model()`` is the loaded ``kiln.runtime.Model`` (its profile, for a profiling build).
 """
 
 from __future__ import annotations
@@ -66,8 +67,8 @@ class Executable:
         self._model: Model | None = None
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(folder), True)
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """Run the compiled model (host targets only); outputs in graph order."""
+    def model(self) -> Model:
+        """The loaded library (host targets only), created on first use with ``threads``."""
         if not self.target.is_host:
             raise KilnError(
                 f"this model was compiled for {self.target.triple}; it runs only there "
@@ -75,7 +76,11 @@ class Executable:
             )
         if self._model is None:
             self._model = load_library(str(self.library), threads=self.threads)
-        return self._model.run(inputs)
+        return self._model
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the compiled model (host targets only); outputs in graph order."""
+        return self.model().run(inputs)
 
     def export(self, path: str | Path) -> Path:
         """Copy the library to ``path`` (plus ``.h`` beside it, and ``.bin`` if external)."""
@@ -103,6 +108,8 @@ def build(
     print_ir_after_all: bool = False,
     verify_each: bool = False,
     ir_out: TextIO | None = None,
+    profile: bool = False,
+    dump_dir: Path | None = None,
 ) -> Executable:
     """Compile ``graph`` for ``target``; symbolic input dims must be bound by ``input_shapes``.
     ``opt_level`` picks the optimizer's passes (and LLVM's level); ``print_ir_after`` /
@@ -110,7 +117,9 @@ def build(
     ``verify_each`` verifies the IR after every pass. ``tuned`` maps kernel signatures to
     schedule parameters that override the cost model's choice (what ``kiln tune`` measured:
     ``kiln.compiler.tune.TuneCache().tuned(target, threads)``); without it the build uses
-    the cost model alone and reads no cache file."""
+    the cost model alone and reads no cache file. ``profile`` compiles in per-kernel timers
+    and the kernel table (``Model.profile``; without it the code has no timer at all);
+    ``dump_dir`` receives each kernel's kernel IR, LLVM IR and assembly (codegen/dump.py)."""
     if opt_level not in (0, 1, 2, 3):
         raise KilnError(f"opt_level must be 0, 1, 2 or 3, got {opt_level}")
     if weights not in ("embed", "external"):
@@ -135,10 +144,14 @@ def build(
     ))
     lowered = phase("lower", lower_graph, optimized, machine)
     plan: Plan = phase("plan", make_plan, lowered)
+    if dump_dir is not None:
+        from .codegen.dump import write_dump  # its printers load only when a dump is asked for
+
+        phase("dump", write_dump, plan, target, dump_dir, opt_level)
     names = ([v.name for v in static.inputs], list(plan.output_names))
     external = weights == "external"
     checksum = fnv1a64(plan.weights)
-    module = phase("codegen", build_module, plan, target, names, external, checksum)
+    module = phase("codegen", build_module, plan, target, names, external, checksum, profile)
     obj = phase("llvm", optimize_and_emit, module, target, opt_level)
     folder = Path(tempfile.mkdtemp(prefix="kiln-"))
     library = folder / "model.so"

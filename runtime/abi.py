@@ -11,7 +11,11 @@ import enum
 
 import numpy as np
 
-ABI_VERSION = 1
+ABI_VERSION = 2
+# Libraries of older ABI versions this runtime still opens: version 1 lacks only the profiling
+# functions (kiln_profile_*), so such a library loads and reports profiling disabled.
+OLDEST_ABI_VERSION = 1
+PROFILING_ABI_VERSION = 2
 
 
 class Status(enum.IntEnum):
@@ -24,6 +28,7 @@ class Status(enum.IntEnum):
     THREADS = 4
     BUSY = 5
     RUNTIME = 6
+    NOT_PROFILED = 7
 
 
 # ``kiln_dtype`` codes keyed by the IR's dtype spelling (``DType.value`` in the compiler).
@@ -59,11 +64,22 @@ def itemsize(code: int) -> int:
     return storage_dtype(code).itemsize
 
 
+# The profiling queries (ABI version 2); a library compiled without profiling has them too.
+PROFILE_SYMBOLS: tuple[str, ...] = (
+    "kiln_profile_enabled", "kiln_profile_num_kernels", "kiln_profile_kernel_info",
+    "kiln_profile_counters", "kiln_profile_run_stats", "kiln_profile_reset",
+    "kiln_profile_trace",
+)
 # The functions a model library exports; everything else is hidden at link time.
 EXPORTED_SYMBOLS: tuple[str, ...] = (
     "kiln_abi_version", "kiln_num_inputs", "kiln_num_outputs", "kiln_input_info",
     "kiln_output_info", "kiln_create", "kiln_destroy", "kiln_run", "kiln_last_error",
+    *PROFILE_SYMBOLS,
 )
+# kiln_kernel_info.source_ops joins the node names with this.
+SOURCE_OPS_SEPARATOR = ","
+# Trace events an instance keeps (KILN_PROFILE_TRACE_EVENTS); past it the oldest are dropped.
+PROFILE_TRACE_EVENTS = 1 << 16
 
 # Symbols the generated code defines or calls (kiln_internal.h).
 MODEL_SYMBOL = "kiln__model"
@@ -71,6 +87,8 @@ WEIGHTS_SYMBOL = "kiln__weights"
 PARALLEL_FOR_SYMBOL = "kiln__parallel_for"
 REPORT_ERROR_SYMBOL = "kiln__report_error"
 FAILED_SYMBOL = "kiln__failed"
+PROFILE_BEGIN_SYMBOL = "kiln__profile_begin"
+PROFILE_END_SYMBOL = "kiln__profile_end"
 
 # External weights file: 64-byte header (magic, u64 byte count, u64 FNV-1a 64 checksum of the
 # bytes, zero padding; little-endian), then the bytes. Offsets inside the blob are multiples of

@@ -1,8 +1,10 @@
 """Opening a compiled model library with ctypes: ``load(path, threads=None) -> Model``.
 
 ``NativeLibrary`` binds the C ABI of kiln.h (prototypes, status checks turning a failure into
-``KilnRuntimeError`` with ``kiln_last_error``'s text). The library is opened with RTLD_LOCAL, so
-several models can live in one process without their symbols clashing.
+``KilnRuntimeError`` with ``kiln_last_error``'s text), the profiling queries included. The
+library is opened with RTLD_LOCAL, so several models can live in one process without their
+symbols clashing. Libraries of ABI version 1 (before profiling) still load; they report
+profiling disabled.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 
 from . import abi
 from .model import KilnRuntimeError, Model, TensorInfo
+from .profile import KernelCounters, KernelInfo, ProfileCounters, TraceEvent
 
 
 class _TensorInfoStruct(ctypes.Structure):
@@ -26,6 +29,25 @@ class _TensorInfoStruct(ctypes.Structure):
     ]
 
 
+class _KernelInfoStruct(ctypes.Structure):
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("source_ops", ctypes.c_char_p),
+        ("flops", ctypes.c_int64),
+        ("bytes", ctypes.c_int64),
+    ]
+
+
+class _TraceEventStruct(ctypes.Structure):
+    _fields_ = [
+        ("kernel", ctypes.c_int32),
+        ("thread", ctypes.c_int32),
+        ("begin_ns", ctypes.c_int64),
+        ("end_ns", ctypes.c_int64),
+    ]
+
+
+_I64P = ctypes.POINTER(ctypes.c_int64)
 _PROTOTYPES: dict[str, tuple[object, list[object]]] = {
     "kiln_abi_version": (ctypes.c_int32, []),
     "kiln_num_inputs": (ctypes.c_int32, []),
@@ -37,6 +59,17 @@ _PROTOTYPES: dict[str, tuple[object, list[object]]] = {
     "kiln_destroy": (None, [ctypes.c_void_p]),
     "kiln_run": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]),
     "kiln_last_error": (ctypes.c_char_p, []),
+}
+_PROFILE_PROTOTYPES: dict[str, tuple[object, list[object]]] = {
+    "kiln_profile_enabled": (ctypes.c_int32, []),
+    "kiln_profile_num_kernels": (ctypes.c_int32, []),
+    "kiln_profile_kernel_info": (ctypes.c_int, [ctypes.c_int32,
+                                                ctypes.POINTER(_KernelInfoStruct)]),
+    "kiln_profile_counters": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int32, _I64P, _I64P]),
+    "kiln_profile_run_stats": (ctypes.c_int, [ctypes.c_void_p, _I64P, _I64P]),
+    "kiln_profile_reset": (ctypes.c_int, [ctypes.c_void_p]),
+    "kiln_profile_trace": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(_TraceEventStruct),
+                                          ctypes.c_int64, _I64P]),
 }
 
 
@@ -51,7 +84,22 @@ class NativeLibrary:
             self._dll = ctypes.CDLL(self.path, mode=os.RTLD_LOCAL | os.RTLD_NOW)
         except OSError as error:
             raise KilnRuntimeError(f"cannot load model library {self.path}: {error}") from None
-        for name, (restype, argtypes) in _PROTOTYPES.items():
+        self._bind(_PROTOTYPES)
+        version = self._dll.kiln_abi_version()
+        if not abi.OLDEST_ABI_VERSION <= version <= abi.ABI_VERSION:
+            raise KilnRuntimeError(
+                f"{self.path} was built for Kiln ABI version {version}; this runtime speaks "
+                f"versions {abi.OLDEST_ABI_VERSION} to {abi.ABI_VERSION}")
+        self.profiling = False
+        self._kernels: list[KernelInfo] = []
+        if version >= abi.PROFILING_ABI_VERSION:
+            self._bind(_PROFILE_PROTOTYPES)
+            self.profiling = self._dll.kiln_profile_enabled() == 1
+            self._kernels = [self._kernel_info(i)
+                             for i in range(self._dll.kiln_profile_num_kernels())]
+
+    def _bind(self, prototypes: dict[str, tuple[object, list[object]]]) -> None:
+        for name, (restype, argtypes) in prototypes.items():
             try:
                 function = getattr(self._dll, name)
             except AttributeError:
@@ -59,11 +107,6 @@ class NativeLibrary:
                     f"{self.path} is not a Kiln model library (it lacks {name})") from None
             function.restype = restype
             function.argtypes = argtypes
-        version = self._dll.kiln_abi_version()
-        if version != abi.ABI_VERSION:
-            raise KilnRuntimeError(
-                f"{self.path} was built for Kiln ABI version {version}; this runtime speaks "
-                f"version {abi.ABI_VERSION}")
 
     def _check(self, status: int, what: str) -> None:
         if status == abi.Status.OK:
@@ -111,6 +154,57 @@ class NativeLibrary:
 
     def run(self, handle: ctypes.c_void_p, inputs: ctypes.Array, outputs: ctypes.Array) -> None:
         self._check(self._dll.kiln_run(handle, inputs, outputs), "running the model")
+
+    def _kernel_info(self, index: int) -> KernelInfo:
+        info = _KernelInfoStruct()
+        self._check(self._dll.kiln_profile_kernel_info(index, ctypes.byref(info)),
+                    "querying the profiled kernels")
+        ops = info.source_ops.decode("utf-8")
+        return KernelInfo(index, info.name.decode("utf-8"),
+                          tuple(ops.split(abi.SOURCE_OPS_SEPARATOR)) if ops else (),
+                          info.flops, info.bytes)
+
+    @property
+    def kernels(self) -> list[KernelInfo]:
+        """The kernel calls of the plan ([] without profiling)."""
+        return list(self._kernels)
+
+    def _require_profiling(self, what: str) -> None:
+        if not self.profiling:
+            raise KilnRuntimeError(
+                f"{what}: {self.path} was compiled without profiling (compile it with "
+                "--profile, or build(..., profile=True))", abi.Status.NOT_PROFILED)
+
+    def counters(self, handle: ctypes.c_void_p) -> ProfileCounters:
+        what = "reading the profile counters"
+        self._require_profiling(what)
+        first, second = ctypes.c_int64(), ctypes.c_int64()
+        kernels = []
+        for info in self._kernels:
+            self._check(self._dll.kiln_profile_counters(handle, info.index, ctypes.byref(first),
+                                                        ctypes.byref(second)), what)
+            kernels.append(KernelCounters(info.index, info.name, info.source_ops, info.flops,
+                                          info.bytes, first.value, second.value))
+        self._check(self._dll.kiln_profile_run_stats(handle, ctypes.byref(first),
+                                                     ctypes.byref(second)), what)
+        return ProfileCounters(first.value, second.value, kernels)
+
+    def trace(self, handle: ctypes.c_void_p) -> list[TraceEvent]:
+        what = "reading the trace"
+        self._require_profiling(what)
+        count = ctypes.c_int64()
+        self._check(self._dll.kiln_profile_trace(handle, None, 0, ctypes.byref(count)), what)
+        capacity = count.value
+        events = (_TraceEventStruct * max(capacity, 1))()
+        self._check(self._dll.kiln_profile_trace(handle, events, capacity, ctypes.byref(count)),
+                    what)
+        return [TraceEvent(e.kernel, e.thread, e.begin_ns, e.end_ns)
+                for e in events[:min(capacity, count.value)]]
+
+    def reset_profile(self, handle: ctypes.c_void_p) -> None:
+        what = "resetting the profile"
+        self._require_profiling(what)
+        self._check(self._dll.kiln_profile_reset(handle), what)
 
 
 def load(path: str | os.PathLike[str], threads: int | None = None,

@@ -1,5 +1,10 @@
 """A loaded Kiln model: ``Model`` (one instance of the C ABI), ``TensorInfo`` and the error type.
 
+A model compiled with profiling (``build(..., profile=True)``, ``kiln compile --profile``) also
+answers ``kernel_info``, ``profile``, ``trace_events`` and ``reset_profile`` (see
+``kiln.runtime.profile``); ``profiling`` says whether it was, and on one that was not the three
+per-instance queries raise ``KilnRuntimeError`` with status ``NOT_PROFILED``.
+
 ``Model.run`` checks inputs against the model's signature before any native code sees them:
 a missing or unexpected name, a wrong dtype or a wrong shape raises ``KilnRuntimeError``
 naming what was expected and what was given. bf16 tensors are ``ml_dtypes.bfloat16`` arrays
@@ -21,6 +26,7 @@ from . import abi
 
 if TYPE_CHECKING:
     from .loader import NativeLibrary
+    from .profile import KernelInfo, ProfileCounters, TraceEvent
 
 
 class KilnRuntimeError(ValueError):
@@ -108,15 +114,42 @@ class Model:
         if handle is not None:
             self._library.destroy(handle)
 
-    def run(self, inputs: Mapping[str, Any]) -> list[np.ndarray]:
-        """Run the model on ``{input name: array}``; returns fresh arrays, one per output."""
+    def _open_handle(self) -> ctypes.c_void_p:
         if self._handle is None:
             raise KilnRuntimeError(f"model {self.path} is closed")
+        return self._handle
+
+    @property
+    def profiling(self) -> bool:
+        """Whether the library was compiled with profiling (per-kernel timers)."""
+        return self._library.profiling
+
+    def kernel_info(self) -> list[KernelInfo]:
+        """The plan's kernel calls in order, with their static FLOPs and bytes ([] when the
+        library was compiled without profiling)."""
+        return self._library.kernels
+
+    def profile(self) -> ProfileCounters:
+        """Per-kernel calls and time, and whole-run totals, since creation or the last reset."""
+        return self._library.counters(self._open_handle())
+
+    def trace_events(self) -> list[TraceEvent]:
+        """The instance's trace events since creation or the last reset, oldest first; it keeps
+        the newest ``abi.PROFILE_TRACE_EVENTS``."""
+        return self._library.trace(self._open_handle())
+
+    def reset_profile(self) -> None:
+        """Zero the counters and empty the trace."""
+        self._library.reset_profile(self._open_handle())
+
+    def run(self, inputs: Mapping[str, Any]) -> list[np.ndarray]:
+        """Run the model on ``{input name: array}``; returns fresh arrays, one per output."""
+        handle = self._open_handle()
         arrays = self._check_inputs(inputs)
         outputs = [np.empty(info.shape, info.dtype) for info in self.outputs]
         in_ptrs = (ctypes.c_void_p * max(len(arrays), 1))(*(a.ctypes.data for a in arrays))
         out_ptrs = (ctypes.c_void_p * max(len(outputs), 1))(*(o.ctypes.data for o in outputs))
-        self._library.run(self._handle, in_ptrs, out_ptrs)
+        self._library.run(handle, in_ptrs, out_ptrs)
         return outputs
 
     def _check_inputs(self, inputs: Mapping[str, Any]) -> list[np.ndarray]:

@@ -65,3 +65,13 @@ def _private_tune_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
     patch.setenv("KILN_TUNE_CACHE", str(tmp_path_factory.mktemp("tune") / "tune.json"))
     yield
     patch.undo()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_calibration_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests never read or write the user's machine-peak calibration (``kiln profile``)."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("KILN_CALIBRATION_CACHE",
+                 str(tmp_path_factory.mktemp("calibration") / "calibration.json"))
+    yield
+    patch.undo()

@@ -440,6 +440,22 @@ class MatmulTile(Stmt):
                     Loop(j, Const(self.cols, DType.I64), element))
 
 
+def operands(expr: Expr) -> tuple[Expr, ...]:
+    """The expressions ``expr`` applies its operation to (a load's indices, an operator's
+    operands, a call's arguments); none for constants and variables."""
+    if isinstance(expr, Load):
+        return expr.indices
+    if isinstance(expr, Unary | Cast):
+        return (expr.x,)
+    if isinstance(expr, Binary | Compare):
+        return (expr.a, expr.b)
+    if isinstance(expr, Select):
+        return (expr.cond, expr.a, expr.b)
+    if isinstance(expr, Call):
+        return expr.args
+    return ()
+
+
 def unravel(flat: Expr, shape: Sequence[int]) -> list[Expr]:
     """Row-major coordinates of the flat index ``flat`` in ``shape``."""
     coords: list[Expr] = []

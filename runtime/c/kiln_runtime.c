@@ -3,8 +3,12 @@
  * Implements the public ABI of kiln.h on top of the `kiln__model` descriptor that the generated
  * code defines (see kiln_internal.h), plus the services kernels call: a thread pool with
  * persistent workers per instance (kiln__parallel_for), run-time error reporting
- * (kiln__report_error / kiln__failed), the 64-byte aligned activation arena, and loading of
- * external weights files.
+ * (kiln__report_error / kiln__failed), the 64-byte aligned activation arena, loading of
+ * external weights files, and in libraries compiled with profiling the per-kernel counters and
+ * trace events (kiln__profile_begin / kiln__profile_end and the kiln_profile_* queries).
+ *
+ * Profiling state exists only when the descriptor carries profiling tables; without them the
+ * runtime's only trace of the feature is a null-pointer test per run and per parallel chunk.
  *
  * Nothing here aborts or exits: every failure becomes a kiln_status and a message in a
  * thread-local buffer (kiln_last_error). Only the kiln_* ABI functions have default visibility;
@@ -23,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "kiln_internal.h"
@@ -105,6 +110,21 @@ typedef struct kiln_pool_worker {
     pthread_t thread;
 } kiln_pool_worker;
 
+/* Profiling state of an instance. Counters and run totals are written only by the thread
+ * running the plan; trace events come from every thread at once, so each one reserves its ring
+ * slot with an atomic counter. Queries read all of it only while they hold the instance (no
+ * run in progress), after the run's chunks have published their writes through `done`. */
+typedef struct kiln_profile_state {
+    int64_t *calls;              /* per kernel call of the plan */
+    int64_t *total_ns;
+    int64_t runs;
+    int64_t run_ns;
+    int64_t begin_ns;            /* start of the kernel call in progress */
+    atomic_int current;          /* the kernel call in progress: its parallel chunks belong to it */
+    _Atomic uint64_t recorded;   /* events since the reset; the ring keeps the newest */
+    kiln_trace_event *ring;      /* KILN_PROFILE_TRACE_EVENTS slots */
+} kiln_profile_state;
+
 struct kiln_instance {
     int32_t num_threads;
     uint8_t *arena;
@@ -131,6 +151,7 @@ struct kiln_instance {
     atomic_llong job_chunks;
     int32_t num_workers;        /* started workers (num_threads - 1 once create succeeds) */
     kiln_pool_worker *workers;
+    kiln_profile_state *profile; /* NULL unless the library was compiled with profiling */
 };
 
 /* Set while a thread executes a parallel body, so that nested parallel loops run serially. */
@@ -144,6 +165,36 @@ static void cpu_relax(void) {
 #endif
 }
 
+static int64_t now_ns(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+}
+
+static void record_event(kiln_profile_state *prof, int32_t kernel, int32_t thread,
+                         int64_t begin, int64_t end) {
+    uint64_t slot = atomic_fetch_add_explicit(&prof->recorded, 1, memory_order_relaxed);
+    kiln_trace_event *event = &prof->ring[slot % KILN_PROFILE_TRACE_EVENTS];
+    event->kernel = kernel;
+    event->thread = thread;
+    event->begin_ns = begin;
+    event->end_ns = end;
+}
+
+void kiln__profile_begin(void *ctx, int32_t index) {
+    kiln_profile_state *prof = ((kiln_instance *)ctx)->profile;
+    atomic_store_explicit(&prof->current, index, memory_order_relaxed);
+    prof->begin_ns = now_ns();
+}
+
+void kiln__profile_end(void *ctx, int32_t index) {
+    int64_t end = now_ns();
+    kiln_profile_state *prof = ((kiln_instance *)ctx)->profile;
+    prof->calls[index] += 1;
+    prof->total_ns[index] += end - prof->begin_ns;
+    record_event(prof, index, 0, prof->begin_ns, end);
+}
+
 static void run_chunk(kiln_instance *inst, int64_t chunk, int64_t chunks) {
     int64_t n = inst->job_n;
     /* n * chunk may overflow for n near INT64_MAX; compute the split without multiplying. */
@@ -153,8 +204,23 @@ static void run_chunk(kiln_instance *inst, int64_t chunk, int64_t chunks) {
     if (begin < end) inst->job_body(inst->job_closure, begin, end);
 }
 
-/* Run chunks of job `generation` until none is left to claim. */
-static void claim_chunks(kiln_instance *inst, unsigned generation) {
+/* Run a claimed chunk; a pool worker (thread > 0) of a profiling instance records it. The
+ * event is written before `done` counts the chunk: once the caller sees every chunk done, the
+ * run (and a query after it) may proceed, and the kernel call it belongs to may end. */
+static void run_claimed(kiln_instance *inst, int64_t chunk, int64_t chunks, int32_t thread) {
+    kiln_profile_state *prof = thread > 0 ? inst->profile : NULL;
+    int64_t begin = prof != NULL ? now_ns() : 0;
+    run_chunk(inst, chunk, chunks);
+    if (prof != NULL) {
+        record_event(prof, atomic_load_explicit(&prof->current, memory_order_relaxed), thread,
+                     begin, now_ns());
+    }
+    atomic_fetch_add_explicit(&inst->done, 1, memory_order_release);
+}
+
+/* Run chunks of job `generation` until none is left to claim; `thread` is 0 for the caller,
+ * the worker's index otherwise. */
+static void claim_chunks(kiln_instance *inst, unsigned generation, int32_t thread) {
     uint64_t ticket = atomic_load_explicit(&inst->ticket, memory_order_acquire);
     for (;;) {
         if ((unsigned)(ticket >> 32) != generation) return;
@@ -166,8 +232,7 @@ static void claim_chunks(kiln_instance *inst, unsigned generation) {
                                                    memory_order_acquire))
             continue;
         /* the job's fields are stable now: it cannot end while a claimed chunk runs */
-        run_chunk(inst, chunk, chunks);
-        atomic_fetch_add_explicit(&inst->done, 1, memory_order_release);
+        run_claimed(inst, chunk, chunks, thread);
         ticket = atomic_load_explicit(&inst->ticket, memory_order_acquire);
     }
 }
@@ -193,7 +258,7 @@ static void *worker_main(void *arg) {
         }
         seen = now;
         if (inst->stop) return NULL;
-        claim_chunks(inst, now);
+        claim_chunks(inst, now, self->index);
     }
 }
 
@@ -261,7 +326,7 @@ void kiln__parallel_for(void *ctx, kiln_parallel_body body, void *closure, int64
     atomic_store_explicit(&inst->ticket, (uint64_t)generation << 32, memory_order_release);
     publish(inst);
     tls_in_parallel = 1;
-    claim_chunks(inst, generation);
+    claim_chunks(inst, generation, 0);
     tls_in_parallel = 0;
     for (unsigned spin = 0; atomic_load_explicit(&inst->done, memory_order_acquire) < chunks;
          spin++) {
@@ -378,9 +443,38 @@ static kiln_status load_weights(kiln_instance *inst, const char *path) {
 /* ------------------------------------------------------------------------------------------ */
 /* Create / destroy / run                                                                      */
 
+static void free_profile(kiln_profile_state *prof) {
+    if (prof == NULL) return;
+    free(prof->calls);
+    free(prof->total_ns);
+    free(prof->ring);
+    free(prof);
+}
+
+static kiln_status create_profile(kiln_instance *inst) {
+    const kiln_profile_desc *desc = kiln__model.profile;
+    if (desc == NULL) return KILN_OK;
+    size_t kernels = desc->num_kernels > 0 ? (size_t)desc->num_kernels : 1;
+    kiln_profile_state *prof = calloc(1, sizeof *prof);
+    if (prof != NULL) {
+        prof->calls = calloc(kernels, sizeof *prof->calls);
+        prof->total_ns = calloc(kernels, sizeof *prof->total_ns);
+        prof->ring = calloc(KILN_PROFILE_TRACE_EVENTS, sizeof *prof->ring);
+        atomic_init(&prof->current, 0);
+        atomic_init(&prof->recorded, 0);
+    }
+    if (prof == NULL || prof->calls == NULL || prof->total_ns == NULL || prof->ring == NULL) {
+        free_profile(prof);
+        return fail(KILN_ERROR_OUT_OF_MEMORY, "kiln_create: out of memory for profiling");
+    }
+    inst->profile = prof;
+    return KILN_OK;
+}
+
 KILN_API void kiln_destroy(kiln_instance *inst) {
     if (inst == NULL) return;
     stop_pool(inst);
+    free_profile(inst->profile);
     free(inst->workers);
     pthread_cond_destroy(&inst->wake);
     pthread_mutex_destroy(&inst->lock);
@@ -445,6 +539,7 @@ KILN_API kiln_status kiln_create(int32_t num_threads, const char *weights_path,
     } else {
         inst->weights = kiln__model.weights;
     }
+    if (status == KILN_OK) status = create_profile(inst);
     if (status == KILN_OK) status = start_pool(inst);
     if (status != KILN_OK) {
         kiln_destroy(inst);
@@ -491,7 +586,12 @@ KILN_API kiln_status kiln_run(kiln_instance *inst, const void *const *inputs,
     }
     atomic_store(&inst->failed, 0);
     atomic_store(&inst->failure_message, NULL);
+    int64_t begin = inst->profile != NULL ? now_ns() : 0;
     int32_t code = kiln__model.run(inst, inputs, outputs, inst->arena, inst->weights);
+    if (inst->profile != NULL) {
+        inst->profile->runs += 1;
+        inst->profile->run_ns += now_ns() - begin;
+    }
     const char *message = atomic_load(&inst->failure_message);
     if (message != NULL) {
         status = fail(KILN_ERROR_RUNTIME, "kiln_run: %s", message);
@@ -500,4 +600,123 @@ KILN_API kiln_status kiln_run(kiln_instance *inst, const void *const *inputs,
     }
     atomic_store(&inst->running, 0);
     return status;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Profiling queries                                                                           */
+
+KILN_API int32_t kiln_profile_enabled(void) { return kiln__model.profile != NULL; }
+
+KILN_API int32_t kiln_profile_num_kernels(void) {
+    return kiln__model.profile != NULL ? kiln__model.profile->num_kernels : 0;
+}
+
+static kiln_status not_profiled(const char *what) {
+    return fail(KILN_ERROR_NOT_PROFILED,
+                "%s: the model was compiled without profiling (compile it with --profile)", what);
+}
+
+static kiln_status check_kernel_index(const char *what, int32_t index) {
+    int32_t count = kiln__model.profile->num_kernels;
+    if (index < 0 || index >= count) {
+        return fail(KILN_ERROR_INVALID_ARGUMENT,
+                    "%s: kernel index %d out of range (the plan has %d kernel calls)", what,
+                    (int)index, (int)count);
+    }
+    return KILN_OK;
+}
+
+KILN_API kiln_status kiln_profile_kernel_info(int32_t index, kiln_kernel_info *info) {
+    const char *what = "kiln_profile_kernel_info";
+    if (kiln__model.profile == NULL) return not_profiled(what);
+    if (info == NULL) return fail(KILN_ERROR_INVALID_ARGUMENT, "%s: info is NULL", what);
+    kiln_status status = check_kernel_index(what, index);
+    if (status == KILN_OK) *info = kiln__model.profile->kernels[index];
+    return status;
+}
+
+/* Take the instance for a query (as kiln_run does), so that no run writes what it reads. */
+static kiln_status hold(kiln_instance *inst, const char *what) {
+    if (kiln__model.profile == NULL) return not_profiled(what);
+    if (inst == NULL) return fail(KILN_ERROR_INVALID_ARGUMENT, "%s: instance is NULL", what);
+    int idle = 0;
+    if (!atomic_compare_exchange_strong(&inst->running, &idle, 1)) {
+        return fail(KILN_ERROR_BUSY, "%s: the instance is running on another thread", what);
+    }
+    return KILN_OK;
+}
+
+static void release(kiln_instance *inst) { atomic_store(&inst->running, 0); }
+
+KILN_API kiln_status kiln_profile_counters(kiln_instance *inst, int32_t index, int64_t *calls,
+                                           int64_t *total_ns) {
+    const char *what = "kiln_profile_counters";
+    if (kiln__model.profile != NULL && (calls == NULL || total_ns == NULL)) {
+        return fail(KILN_ERROR_INVALID_ARGUMENT, "%s: calls or total_ns is NULL", what);
+    }
+    kiln_status status = hold(inst, what);
+    if (status != KILN_OK) return status;
+    status = check_kernel_index(what, index);
+    if (status == KILN_OK) {
+        *calls = inst->profile->calls[index];
+        *total_ns = inst->profile->total_ns[index];
+    }
+    release(inst);
+    return status;
+}
+
+KILN_API kiln_status kiln_profile_run_stats(kiln_instance *inst, int64_t *runs,
+                                            int64_t *total_ns) {
+    const char *what = "kiln_profile_run_stats";
+    if (kiln__model.profile != NULL && (runs == NULL || total_ns == NULL)) {
+        return fail(KILN_ERROR_INVALID_ARGUMENT, "%s: runs or total_ns is NULL", what);
+    }
+    kiln_status status = hold(inst, what);
+    if (status != KILN_OK) return status;
+    *runs = inst->profile->runs;
+    *total_ns = inst->profile->run_ns;
+    release(inst);
+    return KILN_OK;
+}
+
+KILN_API kiln_status kiln_profile_reset(kiln_instance *inst) {
+    kiln_status status = hold(inst, "kiln_profile_reset");
+    if (status != KILN_OK) return status;
+    kiln_profile_state *prof = inst->profile;
+    size_t kernels = (size_t)kiln__model.profile->num_kernels;
+    if (kernels > 0) {
+        memset(prof->calls, 0, kernels * sizeof *prof->calls);
+        memset(prof->total_ns, 0, kernels * sizeof *prof->total_ns);
+    }
+    prof->runs = 0;
+    prof->run_ns = 0;
+    atomic_store(&prof->recorded, 0);
+    release(inst);
+    return KILN_OK;
+}
+
+KILN_API kiln_status kiln_profile_trace(kiln_instance *inst, kiln_trace_event *events,
+                                        int64_t capacity, int64_t *count) {
+    const char *what = "kiln_profile_trace";
+    if (kiln__model.profile != NULL) {
+        if (count == NULL) return fail(KILN_ERROR_INVALID_ARGUMENT, "%s: count is NULL", what);
+        if (capacity < 0 || (capacity > 0 && events == NULL)) {
+            return fail(KILN_ERROR_INVALID_ARGUMENT,
+                        "%s: events is NULL or capacity %lld is negative", what,
+                        (long long)capacity);
+        }
+    }
+    kiln_status status = hold(inst, what);
+    if (status != KILN_OK) return status;
+    kiln_profile_state *prof = inst->profile;
+    uint64_t recorded = atomic_load(&prof->recorded);
+    uint64_t kept = recorded < KILN_PROFILE_TRACE_EVENTS ? recorded : KILN_PROFILE_TRACE_EVENTS;
+    uint64_t first = recorded - kept;
+    uint64_t written = (uint64_t)capacity < kept ? (uint64_t)capacity : kept;
+    for (uint64_t i = 0; i < written; i++) {
+        events[i] = prof->ring[(first + i) % KILN_PROFILE_TRACE_EVENTS];
+    }
+    *count = (int64_t)kept;
+    release(inst);
+    return KILN_OK;
 }

@@ -18,7 +18,8 @@
 extern "C" {
 #endif
 
-#define KILN_ABI_VERSION 1
+/* Version 2 added the profiling functions (kiln_profile_*). */
+#define KILN_ABI_VERSION 2
 
 typedef enum kiln_status {
     KILN_OK = 0,
@@ -27,7 +28,8 @@ typedef enum kiln_status {
     KILN_ERROR_WEIGHTS = 3,          /* external weights file missing, short or corrupt */
     KILN_ERROR_THREADS = 4,          /* the thread pool could not be started */
     KILN_ERROR_BUSY = 5,             /* the instance is already running on another thread */
-    KILN_ERROR_RUNTIME = 6           /* a kernel reported a failure (e.g. index out of range) */
+    KILN_ERROR_RUNTIME = 6,          /* a kernel reported a failure (e.g. index out of range) */
+    KILN_ERROR_NOT_PROFILED = 7      /* a profiling query on a library built without profiling */
 } kiln_status;
 
 /* Element types; the numbering is part of the ABI. */
@@ -69,6 +71,56 @@ kiln_status kiln_run(kiln_instance *instance, const void *const *inputs, void *c
 
 /* The message of the last failure on this thread ("" if none). */
 const char *kiln_last_error(void);
+
+/* Profiling. A library compiled with profiling (`kiln compile --profile`, build(profile=True))
+ * times every kernel call of the plan with a monotonic clock (CLOCK_MONOTONIC, nanoseconds)
+ * and records trace events; one compiled without it has no timer in its code at all, and
+ * answers kiln_profile_enabled() == 0, kiln_profile_num_kernels() == 0 and
+ * KILN_ERROR_NOT_PROFILED from the other queries. "Kernel" below means one call of the plan,
+ * index 0 .. kiln_profile_num_kernels()-1 in execution order (a kernel the plan calls twice
+ * has two indices). The per-instance queries take the instance like kiln_run does: they return
+ * KILN_ERROR_BUSY while it runs on another thread. */
+
+/* Static facts about one kernel call; the strings live as long as the library. */
+typedef struct kiln_kernel_info {
+    const char *name;        /* the kernel's symbol */
+    const char *source_ops;  /* the original graph (ONNX) nodes it implements, comma-separated;
+                              * "" for a kernel of no node (an output copy) */
+    int64_t flops;           /* float operations of one call (static count from the kernel IR) */
+    int64_t bytes;           /* bytes of the buffers it reads or writes, each counted once */
+} kiln_kernel_info;
+
+/* One span of work: thread 0 is the thread that called kiln_run and records each kernel call
+ * whole; threads 1 .. num_threads-1 are the instance's pool workers and record each chunk of a
+ * parallel loop they ran, tagged with the kernel it belongs to. Times are CLOCK_MONOTONIC ns. */
+typedef struct kiln_trace_event {
+    int32_t kernel;
+    int32_t thread;
+    int64_t begin_ns;
+    int64_t end_ns;
+} kiln_trace_event;
+
+/* Events an instance keeps: past this many since the last reset, the oldest are overwritten. */
+#define KILN_PROFILE_TRACE_EVENTS 65536
+
+/* 1 if the library was compiled with profiling, else 0. */
+int32_t kiln_profile_enabled(void);
+/* The number of kernel calls in the plan (0 without profiling). */
+int32_t kiln_profile_num_kernels(void);
+kiln_status kiln_profile_kernel_info(int32_t index, kiln_kernel_info *info);
+/* Calls of kernel `index` and their total time since the instance was created or reset. */
+kiln_status kiln_profile_counters(kiln_instance *instance, int32_t index, int64_t *calls,
+                                  int64_t *total_ns);
+/* kiln_run calls that ran the plan, and their total time (the plan function, wall clock). */
+kiln_status kiln_profile_run_stats(kiln_instance *instance, int64_t *runs, int64_t *total_ns);
+/* Zero the counters and empty the trace. */
+kiln_status kiln_profile_reset(kiln_instance *instance);
+/* Copy the kept trace events, oldest first (in the order they ended), into events[0 ..
+ * capacity-1]; *count receives how many are kept (at most KILN_PROFILE_TRACE_EVENTS), so a
+ * call with capacity 0 (events may then be NULL) sizes the buffer, and min(capacity, *count)
+ * events are written. */
+kiln_status kiln_profile_trace(kiln_instance *instance, kiln_trace_event *events,
+                               int64_t capacity, int64_t *count);
 
 #ifdef __cplusplus
 }

@@ -3,8 +3,8 @@
  * The code generator emits one LLVM module per model that defines `kiln__model` (the descriptor
  * below), the plan function it points to, and the kernels. The C runtime (kiln_runtime.c,
  * compiled for the target and linked into every model library) implements kiln.h on top of the
- * descriptor and provides the three kiln__* services that kernels call. None of these symbols is
- * exported from the shared library; only the kiln_* functions of kiln.h are.
+ * descriptor and provides the kiln__* services that generated code calls. None of these symbols
+ * is exported from the shared library; only the kiln_* functions of kiln.h are.
  */
 #ifndef KILN_INTERNAL_H
 #define KILN_INTERNAL_H
@@ -24,6 +24,12 @@ extern "C" {
 typedef int32_t (*kiln_run_fn)(void *ctx, const void *const *inputs, void *const *outputs,
                                uint8_t *arena, const uint8_t *weights);
 
+/* The static profiling tables of a library compiled with profiling. */
+typedef struct kiln_profile_desc {
+    int32_t num_kernels;              /* kernel calls in the plan */
+    const kiln_kernel_info *kernels;  /* num_kernels entries, in plan order */
+} kiln_profile_desc;
+
 typedef struct kiln_model_desc {
     int32_t abi_version;          /* KILN_ABI_VERSION */
     int32_t num_inputs;
@@ -36,6 +42,7 @@ typedef struct kiln_model_desc {
     const uint8_t *weights;       /* embedded weights (symbol kiln__weights) or NULL */
     uint64_t weights_checksum;    /* FNV-1a 64 of the weights bytes */
     kiln_run_fn run;
+    const kiln_profile_desc *profile; /* NULL unless compiled with profiling */
 } kiln_model_desc;
 
 /* Defined by the generated code. */
@@ -53,6 +60,11 @@ void kiln__report_error(void *ctx, const char *message);
 
 /* 1 if a failure was reported during the current run, else 0. */
 int32_t kiln__failed(void *ctx);
+
+/* Profiling builds only: the plan function brackets kernel call `index` (its position in the
+ * plan) with these two, on the thread running the plan. */
+void kiln__profile_begin(void *ctx, int32_t index);
+void kiln__profile_end(void *ctx, int32_t index);
 
 /* External weights file: a 64-byte header (magic, u64 byte count, u64 FNV-1a 64 checksum of
  * the bytes, zero padding; integers little-endian) followed by the bytes. */

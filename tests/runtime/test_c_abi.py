@@ -11,7 +11,7 @@ import pytest
 from runtime_fixture import HERE, WEIGHTS, Fixture, N, expected_chunks
 
 from kiln.compiler.artifact.link import RUNTIME_CFLAGS, include_dir, runtime_source_dir
-from kiln.runtime.abi import EXPORTED_SYMBOLS, Status
+from kiln.runtime.abi import ABI_VERSION, EXPORTED_SYMBOLS, Status
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def _status(results: dict[str, str], key: str) -> tuple[Status, str]:
 
 
 def test_c_program_queries_the_model(c_results: dict[str, str]) -> None:
-    assert c_results["abi"] == "1 1"
+    assert c_results["abi"] == f"{ABI_VERSION} {ABI_VERSION}"
     assert c_results["counts"] == "4 5 4 5"
     assert [c_results[f"input{i}"] for i in range(4)] == ["x 3 1", "idx 8 0", "delay_ms 7 0",
                                                             "h 2 1"]

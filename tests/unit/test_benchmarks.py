@@ -1,6 +1,6 @@
-"""The benchmark scripts' code paths on tiny inputs: table rows and summary lines, the FMA peak
-loop (what it computes, the instruction it compiles to, a positive rate) and the GEMM and model
-benchmarks end to end, each timed engine checked against numpy or onnxruntime."""
+"""The benchmark scripts' code paths on tiny inputs: table rows and summary lines and the GEMM
+and model benchmarks end to end, each timed engine checked against numpy or onnxruntime (the
+FMA peak loop they share is tested with the calibration, tests/unit/test_calibrate.py)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ import bench_gemm  # noqa: E402
 import bench_models  # noqa: E402
 from bench_gemm import GemmRow, Shape  # noqa: E402
 from bench_models import Case, Row  # noqa: E402
-
-from kiln.compiler.codegen.target import Target  # noqa: E402
 
 
 def _row(model: str, threads: int, kiln_ms: float, ort_ms: float, error: float = 0.0) -> Row:
@@ -94,52 +92,6 @@ def test_interleaved_times_times_every_engine() -> None:
 @pytest.fixture(scope="module")
 def probe() -> bench_gemm.PeakProbe:
     return bench_gemm.peak_probe()
-
-
-@pytest.fixture(scope="module")
-def fma_loop(probe: bench_gemm.PeakProbe) -> bench_gemm.FmaLoop:
-    return probe.loop
-
-
-def test_fma_loop_computes_its_chains(fma_loop: bench_gemm.FmaLoop) -> None:
-    vectors = fma_loop.vectors()
-    start = np.ctypeslib.as_array(vectors).reshape(-1, fma_loop.lanes).astype(np.float64)
-    scale, shift, chains = start[0], start[1], start[2:]
-    iterations = 50
-    fma_loop.function(iterations, vectors)
-    for _ in range(iterations):
-        chains = chains * scale + shift
-    got = np.ctypeslib.as_array(vectors).reshape(-1, fma_loop.lanes)[2:]
-    np.testing.assert_allclose(got, chains, rtol=1e-5)
-    assert len(set(got[:, 0].tolist())) == fma_loop.accumulators  # no two chains merged
-
-
-def test_fma_loop_uses_the_widest_vector_fma(fma_loop: bench_gemm.FmaLoop) -> None:
-    target = Target.parse("host")
-    assert fma_loop.lanes == target.vector_bits // 32
-    if target.arch != "x86_64" or "fma" not in target.features:
-        pytest.skip("checks x86 FMA code generation")
-    register = {512: "zmm", 256: "ymm"}.get(target.vector_bits, "xmm")
-    assert fma_loop.fma_instruction().startswith("vfmadd")
-    assert fma_loop.fma_instruction().endswith(register)
-    body = [line for line in fma_loop.assembly.splitlines() if "vfmadd" in line]
-    assert len(body) >= fma_loop.accumulators
-
-
-def test_probe_runs_a_burst_per_thread(probe: bench_gemm.PeakProbe) -> None:
-    for threads in (1, 2):
-        probe.runner(threads)()
-    # one FMA (2 FLOPs) per lane, chain and iteration on each thread
-    per_thread = probe.iterations * probe.loop.accumulators * probe.loop.lanes * 2
-    assert probe.flops(1) == per_thread and probe.flops(2) == 2 * per_thread
-    assert probe.peak_gflops(0.5, 2) == pytest.approx(2 * per_thread / 0.5 / 1e9)
-
-
-def test_peak_is_positive(probe: bench_gemm.PeakProbe) -> None:
-    peak = bench_gemm.measure_peak(probe, [2, 1], seconds=0.02)
-    assert set(peak.gflops) == {1, 2} and min(peak.gflops.values()) > 0
-    assert peak.instruction == probe.loop.fma_instruction()
-    assert "GFLOP/s at 1 thread(s)" in peak.lines()[0]
 
 
 @pytest.mark.parametrize("shape", [Shape(16, 24, 8), Shape(8, 12, 4, batch=3)],

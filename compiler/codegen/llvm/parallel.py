@@ -25,22 +25,17 @@ from llvmlite import ir
 
 from ...lower.kernel_ir import (
     Assign,
-    Binary,
     Block,
-    Call,
-    Cast,
-    Compare,
     Declare,
     Expr,
     If,
     Load,
     Loop,
     MatmulTile,
-    Select,
     Stmt,
     Store,
-    Unary,
     Var,
+    operands,
 )
 from ..target import CodegenError
 from . import math as fmath
@@ -57,19 +52,7 @@ VOID = ir.VoidType()
 def sub_exprs(node: Expr) -> Iterator[Expr]:
     """``node`` and every expression inside it."""
     yield node
-    if isinstance(node, Load):
-        children: tuple[Expr, ...] = node.indices
-    elif isinstance(node, Unary | Cast):
-        children = (node.x,)
-    elif isinstance(node, Binary | Compare):
-        children = (node.a, node.b)
-    elif isinstance(node, Select):
-        children = (node.cond, node.a, node.b)
-    elif isinstance(node, Call):
-        children = node.args
-    else:
-        children = ()
-    for child in children:
+    for child in operands(node):
         yield from sub_exprs(child)
 
 

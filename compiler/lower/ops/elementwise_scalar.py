@@ -22,9 +22,6 @@ from ..kernel_ir import (
     Binary,
     Block,
     Buffer,
-    Call,
-    Cast,
-    Compare,
     Const,
     Declare,
     Expr,
@@ -34,12 +31,12 @@ from ..kernel_ir import (
     Loop,
     LoopKind,
     Report,
-    Select,
     Stmt,
     Store,
     Unary,
     Var,
     binary,
+    operands,
     select,
 )
 from .common import PARALLEL_WORK, const
@@ -349,18 +346,10 @@ _PLAIN_STMTS = (Store, Block, Loop, If, Declare, Assign, Report)
 
 def _children(node: Stmt | Expr) -> tuple[Stmt | Expr, ...]:
     """The expressions and statements directly inside ``node``."""
-    if isinstance(node, Load):
-        return node.indices
+    if isinstance(node, Expr):
+        return operands(node)
     if isinstance(node, Store):
         return (*node.indices, node.value)
-    if isinstance(node, Unary | Cast):
-        return (node.x,)
-    if isinstance(node, Binary | Compare):
-        return (node.a, node.b)
-    if isinstance(node, Select):
-        return (node.cond, node.a, node.b)
-    if isinstance(node, Call):
-        return node.args
     if isinstance(node, Block):
         return node.body
     if isinstance(node, Loop):
