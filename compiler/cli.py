@@ -109,18 +109,31 @@ def _build_parser() -> argparse.ArgumentParser:
     compile_ = commands.add_parser(
         "compile", parents=[common], help="compile a model into a shared library",
         description="Compile an ONNX model ahead of time into a self-contained shared library "
-                    "(code, static plan, weights) with a C ABI, plus a header beside it.",
+                    "(code, static plan, weights) with a C ABI, plus a header beside it; or, "
+                    "with --static, into a static bundle (one relocatable object) for boards "
+                    "without a loader, allocator or threads.",
     )
     compile_.add_argument("model", type=Path, help=MODEL_HELP)
     compile_.add_argument("-o", "--output", type=Path, metavar="MODEL.so",
                           help="the library to write (MODEL.h, and MODEL.bin with "
-                               "--weights external, go beside it); required unless "
-                               "--stop-after is given")
+                               "--weights external, go beside it), or with --static the "
+                               "bundle object MODEL.o; required unless --stop-after is given")
     _add_target(compile_, "host (default), x86_64, x86_64-avx2, x86_64-avx512, "
                           "aarch64-linux-gnu, armv7-linux-gnueabihf, riscv64-linux-gnu or an "
                           "LLVM triple")
-    compile_.add_argument("--weights", choices=("embed", "external"), default="embed",
-                          help="embed the weights in the library (default) or write MODEL.bin")
+    compile_.add_argument("--weights", choices=("embed", "external"),
+                          help="embed the weights in the library (default) or write MODEL.bin "
+                               "beside it; with --static: write the raw blob MODEL.weights.bin "
+                               "(default) or embed it in the object")
+    compile_.add_argument("--static", action="store_true",
+                          help="write a static bundle for boards without a loader, allocator or "
+                               "threads: -o MODEL.o, an ELF relocatable (code, plan and a "
+                               "freestanding runtime) plus MODEL.h with the kiln_bundle_* API, "
+                               "the caller providing the weights, arena and I/O memory")
+    compile_.add_argument("--prefix", metavar="NAME",
+                          help="with --static: name the API NAME_* instead of kiln_bundle_* "
+                               "(and the header's macros NAME_* instead of KILN_*), so that "
+                               "two bundles link into one program")
     _add_input_shape(compile_, "bind the symbolic dimensions of an input")
     compile_.add_argument("--print-ir-after-all", action="store_true",
                           help="print the graph IR after every optimizer pass (on stderr)")
@@ -336,17 +349,23 @@ def _compile(args: argparse.Namespace, log: Callable[[str], None]) -> None:
 
     if args.output is None and args.stop_after is None:
         raise UsageError("compile needs -o MODEL.so (or --stop-after PASS to print the IR)")
+    _check_static_options(args)
     graph = _load(args.model, log)
     target = Target.parse(args.target, cpu=args.cpu, features=args.features)
-    tuned = {} if args.no_tune_cache else _tuned_schedules(target, args.tune_threads, log,
+    # A bundle runs every loop on the calling thread: schedules measured on one thread fit it.
+    threads = 1 if args.static and args.tune_threads is None else args.tune_threads
+    tuned = {} if args.no_tune_cache else _tuned_schedules(target, threads, log,
                                                             args.tune_cache)
     if args.stop_after is not None:
         _compile_stop_after(args, graph, target.machine().with_tuned(tuned), log)
         return
+    if args.static:
+        _compile_bundle(args, graph, target, tuned, log)
+        return
     with schedules.collect() as decisions:
         exe = build(graph, target=target, opt_level=args.opt_level,
-                    input_shapes=dict(args.input_shape), weights=args.weights, progress=log,
-                    print_ir_after=args.print_ir_after,
+                    input_shapes=dict(args.input_shape), weights=args.weights or "embed",
+                    progress=log, print_ir_after=args.print_ir_after,
                     print_ir_after_all=args.print_ir_after_all, tuned=tuned,
                     profile=args.profile, dump_dir=args.dump)
     applied = sum(1 for d in decisions if tuned.get(d.signature) == d.chosen)
@@ -358,6 +377,39 @@ def _compile(args: argparse.Namespace, log: Callable[[str], None]) -> None:
           f"{stats.weights_bytes:,} bytes, compiled in {stats.total_seconds:.2f}s")
     if args.pass_stats:
         print(format_stats(stats.passes), end="")
+
+
+def _check_static_options(args: argparse.Namespace) -> None:
+    """Usage errors of ``kiln compile --static`` / ``--prefix``."""
+    if args.prefix is not None and not args.static:
+        raise UsageError("--prefix names a static bundle's API: it needs --static")
+    if args.static and args.profile:
+        raise UsageError("--profile needs the threaded runtime's timers: a static bundle "
+                         "(--static) cannot be a profiling build")
+
+
+def _compile_bundle(args: argparse.Namespace, graph: Graph, target: Target,
+                    tuned: Mapping[str, Mapping[str, Any]], log: Callable[[str], None]) -> None:
+    """``kiln compile --static``: the bundle object, its header and its weights."""
+    from .artifact.bundle import DEFAULT_PREFIX
+    from .driver import build_bundle
+    from .passes.pipeline import PassStats, format_stats
+
+    passes: list[PassStats] = []
+    bundle = build_bundle(graph, args.output, target=target, opt_level=args.opt_level,
+                          input_shapes=dict(args.input_shape),
+                          weights=args.weights or "external", tuned=tuned,
+                          prefix=args.prefix or DEFAULT_PREFIX, progress=log,
+                          print_ir_after=args.print_ir_after,
+                          print_ir_after_all=args.print_ir_after_all, dump_dir=args.dump,
+                          pass_stats=passes)
+    written = [bundle.object, bundle.header, *([bundle.weights] if bundle.weights else [])]
+    print(f"wrote {', '.join(str(path) for path in written)} for {target.triple}: "
+          f"object {bundle.object.stat().st_size:,} bytes, arena {bundle.arena_bytes:,} bytes, "
+          f"weights {bundle.weights_bytes:,} bytes "
+          f"({'external' if bundle.weights else 'embedded'})")
+    if args.pass_stats:
+        print(format_stats(passes), end="")
 
 
 def _tuned_schedules(

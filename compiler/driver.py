@@ -8,6 +8,10 @@
 The result is an ``Executable``: ``run`` executes the library through ``kiln.runtime``,
 ``export`` copies the library (with its header, and its weights file if external) to a path;
 ``model()`` is the loaded ``kiln.runtime.Model`` (its profile, for a profiling build).
+
+``build_bundle`` shares every phase up to the object code and then writes a static bundle
+instead (artifact/bundle.py): one relocatable object with a freestanding runtime, for boards
+without a loader, allocator or threads.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import numpy as np
 from kiln.runtime import Model
 from kiln.runtime import load as load_library
 
-from .artifact import build_library, fnv1a64
+from .artifact import TensorSpec, build_library, fnv1a64
+from .artifact.bundle import DEFAULT_PREFIX, Bundle, check_prefix, write_bundle
 from .codegen.llvm import optimize_and_emit
 from .codegen.plan_module import build_module
 from .codegen.target import Target
@@ -94,6 +99,81 @@ class Executable:
         return target
 
 
+class _Phases:
+    """Runs the build's phases, timing each (``seconds``) and reporting it to ``progress``."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.progress:
+            self.progress(f"{name}...")
+        start = time.perf_counter()
+        result = fn(*args)
+        self.seconds[name] = time.perf_counter() - start
+        return result
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """A graph compiled to the target's object code (what build and build_bundle share)."""
+
+    plan: Plan
+    input_names: list[str]
+    object_code: bytes
+    passes: list[PassStats]
+
+    def tensors(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        """The (name, dtype, shape) of each input and output."""
+        plan = self.plan
+        inputs = zip(self.input_names, plan.inputs, strict=True)
+        outputs = zip(plan.output_names, plan.outputs, strict=True)
+        return ([(n, b.dtype, b.shape) for n, b in inputs],
+                [(n, b.dtype, b.shape) for n, b in outputs])
+
+
+def _compile(
+    graph: Graph,
+    target: Target,
+    opt_level: int,
+    input_shapes: Mapping[str, Sequence[int]] | None,
+    weights: str,
+    phase: _Phases,
+    tuned: Mapping[str, Mapping[str, Any]] | None,
+    print_ir_after: Sequence[str],
+    print_ir_after_all: bool,
+    verify_each: bool,
+    ir_out: TextIO | None,
+    profile: bool,
+    dump_dir: Path | None,
+) -> _Compiled:
+    """Specialize, optimize, lower, plan, generate and emit object code for ``target``."""
+    if opt_level not in (0, 1, 2, 3):
+        raise KilnError(f"opt_level must be 0, 1, 2 or 3, got {opt_level}")
+    if weights not in ("embed", "external"):
+        raise KilnError(f"weights must be 'embed' or 'external', got {weights!r}")
+    machine = target.machine().with_tuned(tuned or {})
+    static = phase("specialize", specialize, graph, input_shapes)
+    pass_rows: list[PassStats] = []
+    optimized = phase("optimize", lambda: optimize(
+        static, opt_level, print_after=print_ir_after, print_after_all=print_ir_after_all,
+        verify_each=verify_each, stats=pass_rows, out=ir_out, machine=machine,
+    ))
+    lowered = phase("lower", lower_graph, optimized, machine)
+    plan: Plan = phase("plan", make_plan, lowered)
+    if dump_dir is not None:
+        from .codegen.dump import write_dump  # its printers load only when a dump is asked for
+
+        phase("dump", write_dump, plan, target, dump_dir, opt_level)
+    names = ([v.name for v in static.inputs], list(plan.output_names))
+    external = weights == "external"
+    checksum = fnv1a64(plan.weights)
+    module = phase("codegen", build_module, plan, target, names, external, checksum, profile)
+    obj = phase("llvm", optimize_and_emit, module, target, opt_level)
+    return _Compiled(plan, names[0], obj, pass_rows)
+
+
 def build(
     graph: Graph,
     target: str | Target = "host",
@@ -120,49 +200,64 @@ def build(
     the cost model alone and reads no cache file. ``profile`` compiles in per-kernel timers
     and the kernel table (``Model.profile``; without it the code has no timer at all);
     ``dump_dir`` receives each kernel's kernel IR, LLVM IR and assembly (codegen/dump.py)."""
-    if opt_level not in (0, 1, 2, 3):
-        raise KilnError(f"opt_level must be 0, 1, 2 or 3, got {opt_level}")
-    if weights not in ("embed", "external"):
-        raise KilnError(f"weights must be 'embed' or 'external', got {weights!r}")
     target = target if isinstance(target, Target) else Target.parse(target)
-    machine = target.machine().with_tuned(tuned or {})
-    seconds: dict[str, float] = {}
-
-    def phase(name: str, fn, *args):  # type: ignore[no-untyped-def]
-        if progress:
-            progress(f"{name}...")
-        start = time.perf_counter()
-        result = fn(*args)
-        seconds[name] = time.perf_counter() - start
-        return result
-
-    static = phase("specialize", specialize, graph, input_shapes)
-    pass_rows: list[PassStats] = []
-    optimized = phase("optimize", lambda: optimize(
-        static, opt_level, print_after=print_ir_after, print_after_all=print_ir_after_all,
-        verify_each=verify_each, stats=pass_rows, out=ir_out, machine=machine,
-    ))
-    lowered = phase("lower", lower_graph, optimized, machine)
-    plan: Plan = phase("plan", make_plan, lowered)
-    if dump_dir is not None:
-        from .codegen.dump import write_dump  # its printers load only when a dump is asked for
-
-        phase("dump", write_dump, plan, target, dump_dir, opt_level)
-    names = ([v.name for v in static.inputs], list(plan.output_names))
-    external = weights == "external"
-    checksum = fnv1a64(plan.weights)
-    module = phase("codegen", build_module, plan, target, names, external, checksum, profile)
-    obj = phase("llvm", optimize_and_emit, module, target, opt_level)
+    phase = _Phases(progress)
+    compiled = _compile(graph, target, opt_level, input_shapes, weights, phase, tuned,
+                        print_ir_after, print_ir_after_all, verify_each, ir_out, profile,
+                        dump_dir)
+    plan = compiled.plan
+    inputs, outputs = compiled.tensors()
     folder = Path(tempfile.mkdtemp(prefix="kiln-"))
     library = folder / "model.so"
     phase("link", lambda: build_library(
-        obj, library,
-        inputs=[(n, b.dtype, b.shape) for n, b in zip(names[0], plan.inputs, strict=True)],
-        outputs=[(n, b.dtype, b.shape) for n, b in zip(names[1], plan.outputs, strict=True)],
-        weights=plan.weights, external_weights=external, target=target,
+        compiled.object_code, library, inputs=inputs, outputs=outputs, weights=plan.weights,
+        external_weights=weights == "external", target=target,
     ))
     stats = BuildStats(len(plan.calls), plan.arena_bytes, plan.unshared_bytes,
-                       len(plan.weights), seconds, pass_rows)
+                       len(plan.weights), phase.seconds, compiled.passes)
     if progress:
         progress(f"built {library.name}: {stats.kernels} kernels in {stats.total_seconds:.2f}s")
     return Executable(folder, library, target, threads, stats)
+
+
+def build_bundle(
+    graph: Graph,
+    output: str | Path,
+    target: str | Target = "host",
+    opt_level: int = 2,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    weights: str = "external",
+    *,
+    tuned: Mapping[str, Mapping[str, Any]] | None = None,
+    prefix: str = DEFAULT_PREFIX,
+    progress: Progress | None = None,
+    print_ir_after: Sequence[str] = (),
+    print_ir_after_all: bool = False,
+    verify_each: bool = False,
+    ir_out: TextIO | None = None,
+    dump_dir: Path | None = None,
+    pass_stats: list[PassStats] | None = None,
+) -> Bundle:
+    """Compile ``graph`` for ``target`` into a static bundle (artifact/bundle.py): the object
+    ``output`` (``model.o``), ``model.h`` beside it and, with ``weights="external"``,
+    ``model.weights.bin``. The plan and code are ``build``'s; the bundle runs them with the
+    caller's memory and no threads, allocator or I/O. ``prefix`` renames the API
+    (``kiln_bundle_run`` -> ``PREFIX_run``) so that two bundles link into one program; the
+    other arguments are ``build``'s; ``pass_stats`` receives one row per optimizer pass run."""
+    check_prefix(prefix)  # before the compile it would waste
+    target = target if isinstance(target, Target) else Target.parse(target)
+    phase = _Phases(progress)
+    compiled = _compile(graph, target, opt_level, input_shapes, weights, phase, tuned,
+                        print_ir_after, print_ir_after_all, verify_each, ir_out, False,
+                        dump_dir)
+    if pass_stats is not None:
+        pass_stats.extend(compiled.passes)
+    inputs, outputs = compiled.tensors()
+    bundle: Bundle = phase("link", lambda: write_bundle(
+        compiled.object_code, output, inputs=inputs, outputs=outputs,
+        weights=compiled.plan.weights, arena_bytes=compiled.plan.arena_bytes,
+        external_weights=weights == "external", target=target, prefix=prefix,
+    ))
+    if progress:
+        progress(f"built {bundle.object.name} in {sum(phase.seconds.values()):.2f}s")
+    return bundle

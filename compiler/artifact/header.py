@@ -70,14 +70,18 @@ def _unique_identifiers(names: Sequence[str]) -> list[str]:
     return result
 
 
-def _tensor_block(kind: str, tensors: Sequence[TensorSpec]) -> list[str]:
-    lines = [f"/* {kind.capitalize()}s */", f"#define KILN_NUM_{kind.upper()}S {len(tensors)}"]
+def tensor_macros(kind: str, tensors: Sequence[TensorSpec], namespace: str = "KILN") -> list[str]:
+    """The macro lines of the ``kind`` ("input" or "output") tensors: ``{namespace}_NUM_INPUTS``
+    and per tensor ``{namespace}_INPUT_<NAME>`` (its index), ``_NAME``, ``_DTYPE``, ``_RANK``,
+    ``_SHAPE``, ``_NUMEL`` and ``_BYTES``."""
+    lines = [f"/* {kind.capitalize()}s */",
+             f"#define {namespace}_NUM_{kind.upper()}S {len(tensors)}"]
     identifiers = _unique_identifiers([name for name, _, _ in tensors])
     for index, ((name, dtype, shape), ident) in enumerate(zip(tensors, identifiers, strict=True)):
         code = dtype_code(dtype)
         dims = [int(d) for d in shape]
         numel = prod(dims)
-        prefix = f"KILN_{kind.upper()}_{ident}"
+        prefix = f"{namespace}_{kind.upper()}_{ident}"
         shape_text = ", ".join(map(str, dims))
         lines += [
             "",
@@ -112,9 +116,9 @@ def render_header(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
         "",
         abi_text.rstrip("\n"),
         "",
-        *_tensor_block("input", inputs),
+        *tensor_macros("input", inputs),
         "",
-        *_tensor_block("output", outputs),
+        *tensor_macros("output", outputs),
         "",
         f"#endif /* {guard} */",
         "",

@@ -2,7 +2,8 @@
 
 Every step runs the target's C compiler driver (``cc`` for the host architecture,
 ``aarch64-linux-gnu-gcc`` and friends for cross targets), so the library links against the
-target's own libc, libm and libpthread. The compiled C runtime is cached by content, compiler
+target's own libc, libm and libpthread; ``binutil`` finds the binutils program (``ld``,
+``objcopy``) that driver uses. The compiled C runtime is cached by content, compiler
 and target under ``$KILN_CACHE_DIR`` (default ``$XDG_CACHE_HOME/kiln`` or ``~/.cache/kiln``).
 
 Libraries are written to a temporary name and renamed into place: a process that already
@@ -96,6 +97,25 @@ def toolchain_for(target: TargetSpec) -> Toolchain:
     return Toolchain(arch, compiler, package)
 
 
+def binutil(target: TargetSpec, name: str) -> str:
+    """The binutils program ``name`` of ``target``'s toolchain: the one its C compiler driver
+    runs (``aarch64-linux-gnu-gcc -print-prog-name=ld``), else ``name`` on PATH."""
+    toolchain = toolchain_for(target)
+    try:
+        done = subprocess.run([toolchain.resolve(), f"-print-prog-name={name}"],
+                              capture_output=True, text=True)
+    except OSError as error:
+        raise ArtifactError(f"cannot run {toolchain.compiler}: {error}") from None
+    found = shutil.which(done.stdout.strip() or name) if done.returncode == 0 else None
+    if found is None:
+        package = ("binutils-" + toolchain.apt_package.removeprefix("gcc-")
+                   if toolchain.apt_package else "binutils")
+        raise ArtifactError(f"the binutils program '{name}' for target architecture "
+                            f"{toolchain.arch} was not found (on Debian/Ubuntu: apt-get install "
+                            f"{package})")
+    return found
+
+
 def cache_dir() -> Path:
     """Kiln's cache folder (created on demand)."""
     configured = os.environ.get("KILN_CACHE_DIR")
@@ -114,7 +134,8 @@ def include_dir() -> Path:
     return runtime_source_dir() / "include"
 
 
-def _run(command: Sequence[str], what: str, cwd: Path | None = None) -> None:
+def run_tool(command: Sequence[str], what: str, cwd: Path | None = None) -> None:
+    """Run one toolchain command; its failure (or absence) becomes an ArtifactError."""
     try:
         done = subprocess.run(list(command), capture_output=True, text=True, cwd=cwd)
     except OSError as error:
@@ -128,15 +149,15 @@ def compile_c(source: Path, output: Path, target: TargetSpec = "host",
               flags: Sequence[str] = RUNTIME_CFLAGS) -> Path:
     """Compile one C (or assembler) file to an object file for ``target``."""
     compiler = toolchain_for(target).resolve()
-    _run([compiler, *flags, f"-I{include_dir()}", "-c", str(source), "-o", str(output)],
-         f"compiling {source.name}", cwd=source.parent)
+    run_tool([compiler, *flags, f"-I{include_dir()}", "-c", str(source), "-o", str(output)],
+             f"compiling {source.name}", cwd=source.parent)
     return output
 
 
-def _runtime_key(compiler: str, arch: str, flags: Sequence[str]) -> str:
+def _runtime_key(source: str, compiler: str, arch: str, flags: Sequence[str]) -> str:
     digest = hashlib.sha256()
     root = runtime_source_dir()
-    for part in ("c/kiln_runtime.c", "include/kiln.h", "include/kiln_internal.h"):
+    for part in (f"c/{source}", *sorted(f"include/{h.name}" for h in include_dir().glob("*.h"))):
         digest.update(part.encode() + b"\0" + (root / part).read_bytes() + b"\0")
     info = os.stat(compiler)
     digest.update(f"{compiler}\0{info.st_size}\0{info.st_mtime_ns}\0{arch}\0".encode())
@@ -144,13 +165,15 @@ def _runtime_key(compiler: str, arch: str, flags: Sequence[str]) -> str:
     return digest.hexdigest()[:32]
 
 
-def runtime_object(target: TargetSpec = "host") -> Path:
-    """The C runtime compiled for ``target`` (cached; recompiled when anything changes)."""
+def runtime_object(target: TargetSpec = "host", source: str = "kiln_runtime.c",
+                   flags: Sequence[str] = RUNTIME_CFLAGS) -> Path:
+    """The C runtime ``source`` (a file of runtime/c) compiled for ``target`` with ``flags``
+    (cached; recompiled when the source, a runtime header, the flags or the compiler change)."""
     toolchain = toolchain_for(target)
     compiler = toolchain.resolve()
-    key = _runtime_key(compiler, toolchain.arch, RUNTIME_CFLAGS)
+    key = _runtime_key(source, compiler, toolchain.arch, flags)
     folder = cache_dir() / "runtime"
-    cached = folder / f"kiln_runtime-{toolchain.arch}-{key}.o"
+    cached = folder / f"{Path(source).stem}-{toolchain.arch}-{key}.o"
     if cached.exists():
         return cached
     try:
@@ -160,8 +183,7 @@ def runtime_object(target: TargetSpec = "host") -> Path:
         # An unwritable cache (read-only home, sandbox) only costs a recompile each time.
         staging = Path(tempfile.mkdtemp(prefix="kiln-runtime-"))
         cached = staging / cached.name
-    built = compile_c(runtime_source_dir() / "c" / "kiln_runtime.c", staging / "runtime.o",
-                      target)
+    built = compile_c(runtime_source_dir() / "c" / source, staging / "runtime.o", target, flags)
     os.replace(built, cached)  # atomic: concurrent builds race harmlessly
     if staging.parent == folder:
         shutil.rmtree(staging, ignore_errors=True)
@@ -190,7 +212,7 @@ def link_shared_library(objects: Sequence[Path], output: Path,
             "-Wl,-z,relro", "-Wl,-z,now", *LINK_LIBS,
         ]
         try:
-            _run(command, f"linking {output.name}")
+            run_tool(command, f"linking {output.name}")
             os.replace(staged, output)
         finally:
             staged.unlink(missing_ok=True)

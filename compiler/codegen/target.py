@@ -2,8 +2,16 @@
 
 ``Target.parse`` accepts ``host`` (the CPU this process runs on, as LLVM sees it), the named
 presets ``x86_64`` / ``x86_64-avx2`` / ``x86_64-avx512``, the short cross names
-``aarch64-linux-gnu`` / ``armv7-linux-gnueabihf`` / ``riscv64-linux-gnu``, and any full LLVM
-triple (with the architecture's baseline CPU and features unless given).
+``aarch64-linux-gnu`` / ``armv7-linux-gnueabihf`` / ``riscv64-linux-gnu``, the RISC-V vector
+preset ``riscv64-rvv-linux-gnu`` (RV64GC plus the V extension at its minimum 128-bit VLEN), and
+any full LLVM triple (with the architecture's baseline CPU and features). Features given by the
+caller are added after the baseline's, and the last mention of a feature wins as in LLVM:
+``riscv64-linux-gnu`` with ``+v`` is the vector preset, ``-neon`` turns NEON off.
+
+On RISC-V the vectorizer emits fixed-length vectors, which LLVM maps onto RVV registers sized
+by the guaranteed minimum VLEN: ``+v`` implies ``zvl128b``, and ``+zvl256b`` (or wider) lets
+kernels use wider vectors on cores that have them. Such code needs a core with at least that
+VLEN (under qemu-user: ``-cpu rv64,v=true,vlen=128``).
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ _PRESETS: dict[str, tuple[str, str, str, str]] = {
                               "+armv7-a,+vfp3,+neon,+d32", ""),
     "riscv64-linux-gnu": ("riscv64-unknown-linux-gnu", "generic-rv64", "+m,+a,+f,+d,+c",
                           "lp64d"),
+    "riscv64-rvv-linux-gnu": ("riscv64-unknown-linux-gnu", "generic-rv64",
+                              "+m,+a,+f,+d,+c,+v", "lp64d"),
 }
 
 # Features implied by an x86 CPU preset, for deriving the vector width.
@@ -56,7 +66,18 @@ _ARCH_DEFAULTS: dict[str, tuple[str, str, str]] = {
 
 
 def _enabled(features: str) -> set[str]:
-    return {f[1:] for f in features.split(",") if f.startswith("+")}
+    """The features a comma-separated LLVM feature string leaves on (the last mention wins)."""
+    enabled: set[str] = set()
+    for feature in filter(None, (f.strip() for f in features.split(","))):
+        if feature[0] == "+":
+            enabled.add(feature[1:])
+        elif feature[0] == "-":
+            enabled.discard(feature[1:])
+    return enabled
+
+
+def _combined(base: str, extra: str | None) -> str:
+    return ",".join(filter(None, (base, extra)))
 
 
 def _vector_bits(arch: str, cpu: str, features: str) -> int:
@@ -71,8 +92,10 @@ def _vector_bits(arch: str, cpu: str, features: str) -> int:
     if arch.startswith(("arm", "thumb")):
         return 128 if "neon" in enabled else 32
     if arch.startswith("riscv"):
-        if "v" in enabled or any(f.startswith("zvl") for f in enabled):
-            return 128
+        if "v" in enabled:  # the guaranteed VLEN: 128 unless a wider zvl<N>b is given
+            widths = [int(f[3:-1]) for f in enabled
+                      if f.startswith("zvl") and f.endswith("b") and f[3:-1].isdigit()]
+            return max([128, *widths])
         return 64 if arch == "riscv64" else 32
     return 64 if _pointer_bits(arch) == 64 else 32
 
@@ -113,8 +136,9 @@ class Target:
 
     @staticmethod
     def parse(spec: str, cpu: str | None = None, features: str | None = None) -> Target:
-        """A target from ``host``, a preset name or a full triple; ``cpu`` / ``features``
-        override the preset's (features as LLVM spells them: ``+avx2,-avx512f``)."""
+        """A target from ``host``, a preset name or a full triple; ``cpu`` replaces the
+        preset's CPU, ``features`` (as LLVM spells them: ``+avx2,-avx512f``) are added after
+        the preset's."""
         initialize_llvm()
         if spec == "host":
             triple = llvm.get_process_triple()
@@ -134,7 +158,7 @@ class Target:
             triple = spec
             base_cpu, base_features, abi = _ARCH_DEFAULTS[arch]
         chosen_cpu = base_cpu if cpu is None else cpu
-        chosen_features = base_features if features is None else features
+        chosen_features = _combined(base_features, features)
         try:
             llvm.Target.from_triple(triple)
         except RuntimeError as error:
@@ -168,9 +192,15 @@ class Target:
 
     def machine(self) -> Machine:
         """The cost model's view of this target (host: cache sizes as the OS reports them)."""
-        wide = self.arch in ("aarch64", "arm64") or self.vector_bits >= 512
+        # AArch64, AVX-512 and RVV have 32 vector registers; SSE/AVX and ARMv7 NEON 16
+        wide = self.arch in ("aarch64", "arm64") or self.vector_bits >= 512 or self.scalable_vectors
         l1, l2 = _cache_sizes() if self.is_host else (32 * 1024, 512 * 1024)
         return Machine(self.vector_bits, 32 if wide else 16, l1, l2)
+
+    @property
+    def scalable_vectors(self) -> bool:
+        """Vectors whose length is a run-time multiple (``vscale``) of 64 bits: RVV."""
+        return self.arch.startswith("riscv") and "v" in _enabled(self.features)
 
     @property
     def is_gpu(self) -> bool:
