@@ -9,11 +9,11 @@
     mlp.graph                                   # the kiln Graph
     mlp.build(input_shapes={"x": (8, 784)})     # compiled Executable
 
-Specs (``spec``), tensors and their operators (``tensor``), tracing (``tracing``), numpy-like
-functions (``ops``, re-exported here), neural-network functions (``dsl.nn``), torch-style layers
-holding numpy weights (``layers``, re-exported), custom elementwise ops compiled by numba
-(``custom.elementwise``), loading models from a Python file (``loading``) and trace-time errors
-(``errors``).
+Specs (``spec``), tensors and their operators (``tensor``; indexing in ``indexing``), tracing
+(``tracing``), numpy-like functions (``ops``, re-exported here), neural-network functions
+(``dsl.nn``), torch-style layers holding numpy weights (``layers``, re-exported), custom
+elementwise ops compiled by numba (``custom.elementwise``), loading models from a Python file
+(``loading``) and trace-time errors (``errors``).
 """
 
 from __future__ import annotations

@@ -27,9 +27,6 @@ from .spec import as_dtype
 if TYPE_CHECKING:
     from .tracing import Trace
 
-# Slice bounds meaning "to the end" (ONNX clamps them to the extent, symbolic or not).
-INT_MAX, INT_MIN = 2**63 - 1, -(2**63)
-
 
 class Tensor:
     """A value of the graph being traced; operators and methods add nodes to that graph."""
@@ -166,64 +163,10 @@ class Tensor:
 
     # -------------------------------------------------------------------- indexing
     def __getitem__(self, key: Any) -> Tensor:
-        """numpy basic indexing (ints, slices with steps, ``...``, ``None``) plus one integer
-        array index: Slice, then Gather, then Squeeze of the int axes, then Unsqueeze."""
-        items = key if isinstance(key, tuple) else (key,)
-        what = f"{self.type}[{', '.join(_index_text(i) for i in items)}]"
-        consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
-        if consumed > self.ndim:
-            raise dsl_error(what, f"{consumed} indices for {self.ndim} axes")
-        if sum(1 for i in items if i is Ellipsis) > 1:
-            raise dsl_error(what, "an index can have only one ellipsis (...)")
-        fill = (slice(None),) * (self.ndim - consumed)
-        at = next((n for n, i in enumerate(items) if i is Ellipsis), len(items))
-        items = items[:at] + fill + items[at + 1:]
-        windows: list[tuple[int, int, int, int]] = []  # (axis, start, end, step)
-        squeeze: list[int] = []  # positions after the gather
-        unsqueeze: list[int] = []  # positions in the result
-        gather: tuple[int, Tensor] | None = None
-        axis = middle = out = 0
-        for item in items:
-            if item is None:
-                unsqueeze.append(out)
-                out += 1
-                continue
-            dim = self.shape[axis]
-            if isinstance(item, slice):
-                window = _slice_window(item, dim, what)
-                if window is not None:
-                    windows.append((axis, *window))
-                middle, out = middle + 1, out + 1
-            elif _is_int(item):
-                windows.append((axis, *_int_window(int(item), dim, axis, what)))
-                squeeze.append(middle)
-                middle += 1
-            else:
-                if gather is not None:
-                    raise dsl_error(what, "only one integer-array index is supported")
-                indices = lift(self.trace, item, DType.I64, what)
-                if not indices.dtype.is_int:
-                    raise dsl_error(what, f"an array index must hold integers, not "
-                                          f"{indices.dtype.value} (boolean masks are not "
-                                          "supported; use dsl.where)")
-                gather = (axis, indices)
-                middle, out = middle + indices.ndim, out + indices.ndim
-            axis += 1
-        result = self
-        if windows:
-            axes, starts, ends, steps = zip(*windows, strict=True)
-            t = self.trace
-            result = t.emit1(Op.SLICE, [result, t.ints(starts), t.ints(ends), t.ints(axes),
-                                        t.ints(steps)], what=what)
-        if gather is not None:
-            result = self.trace.emit1(Op.GATHER, [result, gather[1]], {"axis": gather[0]},
-                                      what=what)
-        if squeeze:
-            result = self.trace.emit1(Op.SQUEEZE, [result, self.trace.ints(squeeze)], what=what)
-        if unsqueeze:
-            result = self.trace.emit1(Op.UNSQUEEZE, [result, self.trace.ints(unsqueeze)],
-                                      what=what)
-        return result
+        """numpy basic indexing plus one integer array index (see indexing.py)."""
+        from .indexing import getitem  # indexing builds on this module's helpers
+
+        return getitem(self, key)
 
     # ------------------------------------------------------------------ shape methods
     def reshape(self, *shape: Any) -> Tensor:
@@ -239,7 +182,7 @@ class Tensor:
                                           "of the input; use -1 elsewhere")
                 entries.append(0)  # Reshape copies the input's extent for a 0
                 copies = True
-            elif _is_int(d) and d >= -1:
+            elif is_int(d) and d >= -1:
                 entries.append(int(d))
             else:
                 raise dsl_error(what, f"target entry {d!r} is neither a non-negative int, -1 nor "
@@ -314,7 +257,7 @@ class Tensor:
             own = self.shape[i - lead] if i >= lead else None
             if (d == -1 or isinstance(d, str)) and own is not None and (d == -1 or own == d):
                 entries.append(1)  # Expand broadcasts: 1 keeps the tensor's extent
-            elif _is_int(d) and d >= 0 and (own in (None, 1, d) or isinstance(own, str)):
+            elif is_int(d) and d >= 0 and (own in (None, 1, d) or isinstance(own, str)):
                 entries.append(int(d))
             else:
                 raise dsl_error(what, f"cannot expand axis {i} (extent {own}) to {d!r}")
@@ -365,7 +308,7 @@ class Tensor:
 
 # ----------------------------------------------------------------- operands and checks
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
@@ -384,7 +327,7 @@ def normalize_axes(axes: Sequence[Any], rank: int, what: str) -> tuple[int, ...]
     """Axes mapped into ``[0, rank)``; a DSLError for one out of range, repeated or not int."""
     found = []
     for axis in axes:
-        if not _is_int(axis) or not -rank <= axis < rank:
+        if not is_int(axis) or not -rank <= axis < rank:
             raise dsl_error(what, f"axis {axis!r} is out of range for {rank} axes")
         found.append(int(axis) % rank)
     if len(set(found)) != len(found):
@@ -510,47 +453,3 @@ def matmul(a: Any, b: Any) -> Tensor:
     if x.ndim > 2 and y.ndim > 2:  # the batch dims (the matrix dims count as 1s)
         check_broadcast(what, (*x.shape[:-2], 1, 1), (*y.shape[:-2], 1, 1))
     return x.trace.emit1(Op.MATMUL, [x, y], what=what)
-
-
-# ------------------------------------------------------------------------- indexing
-
-def _index_text(item: Any) -> str:
-    if item is Ellipsis:
-        return "..."
-    if isinstance(item, slice):
-        text = ":".join("" if v is None else str(v) for v in (item.start, item.stop))
-        return text + ("" if item.step is None else f":{item.step}")
-    if isinstance(item, Tensor):
-        return str(item.type)
-    return repr(item)
-
-
-def _slice_window(item: slice, dim: Dim, what: str) -> tuple[int, int, int] | None:
-    """(start, end, step) for ONNX Slice giving Python's slice of an axis; None: all of it."""
-    for bound in (item.start, item.stop, item.step):
-        if bound is not None and not _is_int(bound):
-            raise dsl_error(what, f"slice bounds must be ints, not {type(bound).__name__}")
-    step = 1 if item.step is None else int(item.step)
-    if step == 0:
-        raise dsl_error(what, "slice step cannot be zero")
-    if isinstance(dim, int):
-        picked = range(*item.indices(dim))
-        if step == 1 and len(picked) == dim:
-            return None
-        if not picked:
-            return 0, 0, 1
-        end = picked[-1] + (1 if step > 0 else -1)
-        # An end of -1 would count from the back in ONNX; INT_MIN means "past the front".
-        return picked[0], end if end >= 0 else INT_MIN, step
-    if item.start is None and item.stop is None and step == 1:
-        return None
-    start = item.start if item.start is not None else (0 if step > 0 else INT_MAX)
-    stop = item.stop if item.stop is not None else (INT_MAX if step > 0 else INT_MIN)
-    return int(start), int(stop), step
-
-
-def _int_window(index: int, dim: Dim, axis: int, what: str) -> tuple[int, int, int]:
-    """The one-element window of an int index (its axis is squeezed afterwards)."""
-    if isinstance(dim, int) and not -dim <= index < dim:
-        raise dsl_error(what, f"index {index} is out of range for axis {axis} of extent {dim}")
-    return index, index + 1 if index != -1 else INT_MAX, 1
