@@ -7,8 +7,13 @@ a batch of random images, and checked against Kiln's reference executor.
 
     python examples/dsl/lenet.py [--batch 8] [--output build/lenet.so]
 
-Prints the graph's signature, the ``kiln compile`` command that builds the same library from
-the saved ONNX file, the predicted classes and the largest difference from the reference.
+The traced model is ``model`` at top level, so the command line compiles this file directly:
+
+    kiln compile examples/dsl/lenet.py --input-shape x=8,1,28,28 -o lenet.so
+
+Prints the graph's signature, the ``kiln compile`` commands that build the same library from
+this file and from the saved ONNX file, the predicted classes and the largest difference from
+the reference.
 Exits non-zero when the compiled logits differ from the reference beyond float32 tolerance.
 """
 
@@ -49,6 +54,11 @@ class LeNet(Module):
         return self.classifier(self.features(x))
 
 
+# What `kiln compile examples/dsl/lenet.py` compiles (the one DSL model this file defines).
+net = LeNet()
+model = dsl.trace(net, name="lenet", x=dsl.f32["batch", 1, 28, 28])
+
+
 def shown(path: Path) -> Path:
     """``path`` relative to the working directory when it lies below it (shorter to print)."""
     try:
@@ -64,8 +74,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="where to write the compiled library (the .onnx goes beside it)")
     args = parser.parse_args(argv)
 
-    net = LeNet()
-    model = dsl.trace(net, x=dsl.f32["batch", 1, 28, 28])
     weights = sum(array.size for _, array in net.parameters())
     print(f"traced {type(net).__name__}: {len(model.graph.nodes)} nodes, {weights:,} weights, "
           f"x: {model.graph.inputs[0].type} -> {model.graph.outputs[0].type}")
@@ -77,10 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     executable = build(model.graph, opt_level=2, input_shapes={"x": shape})
     executable.export(args.output)
-    print(f"compiled -> {shown(args.output)} in {time.perf_counter() - start:.2f} s; "
-          "the same from the ONNX file:")
-    print(f"  kiln compile {shown(onnx_path)} --input-shape x={','.join(map(str, shape))} -O2 "
-          f"-o {shown(args.output)}")
+    dims = ",".join(map(str, shape))
+    print(f"compiled -> {shown(args.output)} in {time.perf_counter() - start:.2f} s; the same "
+          "from this file or from the ONNX file:")
+    for source in (Path(__file__), onnx_path):
+        print(f"  kiln compile {shown(source)} --input-shape x={dims} -O2 -o {shown(args.output)}")
 
     images = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
     (logits,) = executable.run({"x": images})

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from dslcheck import assert_close
 
+from kiln.compiler import reference
 from kiln.compiler.cli import main
 from kiln.frontends.dsl import DSLError
 from kiln.frontends.dsl.loading import load_python, split_model_path
@@ -90,3 +91,16 @@ def test_split_model_path() -> None:
     assert split_model_path("a/net.py") == (Path("a/net.py"), None)
     # a colon that does not follow a .py file is part of the path
     assert split_model_path("c:/models/net.onnx") == (Path("c:/models/net.onnx"), None)
+
+
+def test_compile_the_dsl_example_file(tmp_path: Path) -> None:
+    """The README's DSL example file compiles straight from the command line."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "dsl" / "lenet.py"
+    library = tmp_path / "lenet.so"
+    assert main(["compile", str(example), "-o", str(library),
+                 "--input-shape", "x=2,1,28,28"]) == 0
+    graph = load_python(example)
+    x = np.random.default_rng(3).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    with load(str(library), threads=1) as model:
+        (logits,) = model.run({"x": x})
+    assert_close(logits, reference.run(graph, {"x": x})[0], "kiln compile lenet.py")
