@@ -27,6 +27,7 @@ from boardcheck import (
     ET_DYN,
     board,
     board_report,
+    cross_compile,
     elf_header,
     kiln_compile,
     link_kiln_run,
@@ -219,3 +220,31 @@ def test_rvv_assembly_without_cross_tools() -> None:
     assert re.search(r"vsetivli\s+\w+, 4, e32, m1", text), text
     # a separate multiply and add: the kernel IR asks for no contraction
     assert re.search(r"vfmul\.vv", text) and re.search(r"vfadd\.vv", text), text
+
+
+@pytest.mark.parametrize("target", BOARD_TARGETS)
+def test_profiling_build_on_board(target: str, tmp_path: Path) -> None:
+    """A board without Python profiles a ``--profile`` build through the C ABI:
+    tests/runtime/profile_abi.c, cross-compiled and run under qemu, reads one row of counters
+    per plan call, each called once per run, and trace events."""
+    qemu_command(target)
+    model = board_report.digits_model(1)
+    library = tmp_path / "model.so"
+    kiln_compile(model.path, library, target, "--profile",
+                 *board_report.input_shape_options(model.inputs))
+    reader = Path(__file__).resolve().parents[1] / "runtime" / "profile_abi.c"
+    program = cross_compile(target, [reader, library], tmp_path / "profile_abi",
+                            ["-Wl,-rpath,$ORIGIN"])
+    runs = 3
+    done = run_on_board(target, [program, "2", str(runs)], tmp_path)
+    assert done.returncode == 0, f"profile_abi on {target} failed:\n{done.stderr}"
+    lines = done.stdout.splitlines()
+    assert "enabled 1" in lines
+    kernels = int(next(line for line in lines if line.startswith("kernels ")).split()[1])
+    counters = [line.split() for line in lines if line.startswith("counters ")]
+    assert kernels > 0 and len(counters) == kernels
+    assert all(int(calls) == runs and int(ns) > 0 for _, _, calls, ns in counters)
+    named = [line.split("\t") for line in lines if line.startswith("kernel ")]
+    assert {"/0/Conv", "/7/Gemm"} <= {op for row in named for op in row[2].split(",")}
+    count = next(line for line in lines if line.startswith("trace_count ")).split()
+    assert int(count[1]) >= runs * kernels
