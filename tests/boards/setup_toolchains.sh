@@ -23,9 +23,10 @@ else
     exit 0
 fi
 echo "board toolchains: installing $PACKAGES" >&2
-if ! { $run env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $PACKAGES >/dev/null 2>&1 \
-       || { $run apt-get update -q >/dev/null 2>&1 \
-            && $run env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $PACKAGES >/dev/null 2>&1; }; }; then
+# bounded: an unreachable mirror must not stall the test run
+install="timeout 600 $run env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $PACKAGES"
+if ! { $install >/dev/null 2>&1 \
+       || { timeout 300 $run apt-get update -q >/dev/null 2>&1 && $install >/dev/null 2>&1; }; }; then
     echo "board toolchains: apt-get failed (the board tests will skip)" >&2
 fi
 exit 0
