@@ -24,25 +24,11 @@ torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip insta
 tnn = torch.nn
 
 from dslcheck import located  # noqa: E402
+from torchcheck import assert_matches, renamed  # noqa: E402
 
 from kiln.frontends import dsl  # noqa: E402
 from kiln.frontends.dsl import layers  # noqa: E402
 from kiln.frontends.dsl.errors import DSLError  # noqa: E402
-
-VS_TORCH = {"rtol": 1e-5, "atol": 1e-5}
-# torch's TransformerEncoderLayer names its parts differently from TransformerBlock.
-ENCODER_RENAMES = {"self_attn.": "attn.", "linear1.": "mlp.0.", "linear2.": "mlp.2.",
-                   "norm1.": "ln1.", "norm2.": "ln2."}
-
-
-def renamed(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A TransformerEncoderLayer's state dict under TransformerBlock's names."""
-    out = {}
-    for name, value in state.items():
-        for old, new in ENCODER_RENAMES.items():
-            name = name.replace(old, new)
-        out[name] = value
-    return out
 
 
 def perturbed(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -73,11 +59,6 @@ def torch_output(module: torch.nn.Module, *inputs: np.ndarray, **kwargs: object)
     if isinstance(produced, tuple):  # MultiheadAttention: (output, weights)
         produced = produced[0]
     return produced.numpy()
-
-
-def assert_matches(actual: np.ndarray, expected: np.ndarray) -> None:
-    assert actual.shape == expected.shape and actual.dtype == expected.dtype
-    np.testing.assert_allclose(actual, expected, **VS_TORCH)
 
 
 def randn(*shape: int, seed: int = 1) -> np.ndarray:

@@ -35,7 +35,7 @@ torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip insta
 tnn = torch.nn
 
 from dslcheck import assert_close  # noqa: E402
-from test_dsl_layers import assert_matches, renamed  # noqa: E402
+from torchcheck import assert_matches, renamed  # noqa: E402
 
 from kiln.compiler import build, reference  # noqa: E402
 from kiln.frontends import dsl  # noqa: E402
