@@ -32,9 +32,8 @@ import hashlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
 
@@ -48,6 +47,9 @@ from .errors import dsl_error
 from .spec import as_dtype
 from .tensor import Tensor
 from .tracing import current_trace
+
+if TYPE_CHECKING:
+    import llvmlite.binding as llvm
 
 # Names inside the module before it gets its symbol; the raise marker is called where numba's
 # function reports an exception, so it survives optimization only if one is possible.
@@ -206,6 +208,8 @@ def _first_lines(message: str, limit: int = 6) -> str:
 def _self_contained(compiled: Any, what: str, name: str) -> llvm.ModuleRef:
     """One module defining ``_ENTRY``, a plain scalar function with numba's function inlined
     into it, with nothing else defined and no symbol outside ``is_linkable`` used."""
+    import llvmlite.binding as llvm  # loaded with numba, when a custom op is first compiled
+
     context, fndesc = compiled.target_context, compiled.fndesc
     library = llvm.parse_assembly(compiled.library.get_llvm_str())
     # numba's names carry a process-wide counter; fixed ones keep the IR text deterministic.
@@ -258,6 +262,8 @@ def _self_contained(compiled: Any, what: str, name: str) -> llvm.ModuleRef:
 def _optimize(module: llvm.ModuleRef) -> None:
     """LLVM's -O2 pipeline for a generic CPU: inlines everything into the entry function and
     removes the rest (what is left does not depend on the machine numba ran on)."""
+    import llvmlite.binding as llvm
+
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
     machine = llvm.Target.from_triple(module.triple).create_target_machine()

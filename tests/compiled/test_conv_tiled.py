@@ -118,6 +118,22 @@ def test_conv_geometries_against_reference_and_onnxruntime(geometry: dict[str, A
         np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=f"-O{level}")
 
 
+def _weights(rng: np.random.Generator, shape: tuple[int, ...], out: int,
+             attrs: dict[str, Any]) -> np.ndarray:
+    """Random Conv weights for input ``shape``, ``out`` channels and ``attrs``' group/kernel."""
+    group = int(attrs.get("group", 1))
+    return rng.standard_normal((out, shape[1] // group, *attrs["kernel_shape"])).astype(
+        np.float32)
+
+
+def _operands(rng: np.random.Generator, shape: tuple[int, ...], out: int,
+              attrs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random weights, bias and input of a Conv, drawn in that order."""
+    w = _weights(rng, shape, out, attrs)
+    return w, rng.standard_normal(out).astype(np.float32), rng.standard_normal(shape).astype(
+        np.float32)
+
+
 @pytest.mark.parametrize(("shape", "out", "attrs"), [
     # strided and dilated: im2col
     ((2, 5, 13, 12), 7, {"kernel_shape": [3, 3], "strides": [2, 2], "dilations": [2, 2],
@@ -136,11 +152,7 @@ def test_conv_geometries_against_reference_and_onnxruntime(geometry: dict[str, A
 def test_conv_paths(shape: tuple[int, ...], out: int, attrs: dict[str, Any],
                     level: int) -> None:
     """One geometry per lowering path, compiled."""
-    rng = np.random.default_rng(2)
-    group = int(attrs.get("group", 1))
-    w = rng.standard_normal((out, shape[1] // group, *attrs["kernel_shape"])).astype(np.float32)
-    bias = rng.standard_normal(out).astype(np.float32)
-    x = rng.standard_normal(shape).astype(np.float32)
+    w, bias, x = _operands(np.random.default_rng(2), shape, out, attrs)
     graph = conv_graph(shape, w, bias, attrs)
     want = reference.run(graph, {"x": x})[0]
     got = build(graph, opt_level=level).run({"x": x})[0]
@@ -174,11 +186,7 @@ def test_blocked_conv_any_block(shape: tuple[int, ...], out: int, attrs: dict[st
                                 plain_input: bool, block: int) -> None:
     """ConvNCHWc compiled with the vector width's block, half of it, and an odd block (the
     tiles then use partial vectors)."""
-    rng = np.random.default_rng(block)
-    group = int(attrs.get("group", 1))
-    w = rng.standard_normal((out, shape[1] // group, *attrs["kernel_shape"])).astype(np.float32)
-    bias = rng.standard_normal(out).astype(np.float32)
-    x = rng.standard_normal(shape).astype(np.float32)
+    w, bias, x = _operands(np.random.default_rng(block), shape, out, attrs)
     want = reference.run(conv_graph(shape, w, bias, attrs), {"x": x})[0]
     graph = blocked_graph(shape, w, bias, block, attrs, plain_input)
     got = build(graph).run({"x": x if plain_input else to_blocked(x, block)})[0]
@@ -196,8 +204,7 @@ def test_blocked_conv_any_block(shape: tuple[int, ...], out: int, attrs: dict[st
 def test_fused_epilogues(shape: tuple[int, ...], out: int, attrs: dict[str, Any],
                          epilogue: str, level: int) -> None:
     rng = np.random.default_rng(3)
-    group = int(attrs.get("group", 1))
-    w = rng.standard_normal((out, shape[1] // group, *attrs["kernel_shape"])).astype(np.float32)
+    w = _weights(rng, shape, out, attrs)
     graph = conv_graph(shape, w / 4, rng.standard_normal(out).astype(np.float32), attrs,
                        epilogue)
     feeds = {v.name: rng.standard_normal(tuple(int(d) for d in v.type.shape)).astype(
@@ -223,11 +230,7 @@ CANDIDATE_CASES = [
 def test_every_candidate_compiled(shape: tuple[int, ...], out: int, attrs: dict[str, Any],
                                   blocked: bool) -> None:
     """Each schedule the lowering offers ``kiln tune``, compiled, matches the reference."""
-    rng = np.random.default_rng(5)
-    group = int(attrs.get("group", 1))
-    w = rng.standard_normal((out, shape[1] // group, *attrs["kernel_shape"])).astype(np.float32)
-    bias = rng.standard_normal(out).astype(np.float32)
-    x = rng.standard_normal(shape).astype(np.float32)
+    w, bias, x = _operands(np.random.default_rng(5), shape, out, attrs)
     want = reference.run(conv_graph(shape, w, bias, attrs), {"x": x})[0]
     machine = Target.parse("host").machine()
     block = max(4, machine.f32_lanes)
@@ -254,8 +257,7 @@ def test_blocked_conv_with_fused_epilogue(shape: tuple[int, ...], out: int,
     """ConvNCHWc as a fusion anchor at -O3: the epilogue runs in the finish loop. A first 3x3
     conv makes the tested conv's input blocked (as inside a network)."""
     rng = np.random.default_rng(11)
-    group = int(attrs.get("group", 1))
-    w = rng.standard_normal((out, shape[1] // group, *attrs["kernel_shape"])).astype(np.float32)
+    w = _weights(rng, shape, out, attrs)
     first = rng.standard_normal((shape[1], shape[1], 3, 3)).astype(np.float32) / 8
     b = GraphBuilder()
     x = b.add_input("x", TensorType(DType.F32, shape))

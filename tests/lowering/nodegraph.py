@@ -12,7 +12,7 @@ from kiln.compiler import reference
 from kiln.compiler.ir.builder import GraphBuilder
 from kiln.compiler.ir.graph import Graph
 from kiln.compiler.ir.op import Op
-from kiln.compiler.ir.types import TensorType
+from kiln.compiler.ir.types import DType, TensorType
 from kiln.compiler.lower.from_graph import LoweredGraph, interpret_lowered, lower_graph
 from kiln.compiler.lower.inline import walk
 from kiln.compiler.lower.kernel_ir import MatmulTile
@@ -50,3 +50,12 @@ def lowered_matches_reference(graph: Graph, feeds: Mapping[str, np.ndarray],
 def tiles(lowered: LoweredGraph) -> list[MatmulTile]:
     return [n for s in lowered.steps for k in s.kernels for n in walk(k.body)
             if isinstance(n, MatmulTile)]
+
+
+def plain_conv(x_shape: tuple[int, ...], w: np.ndarray, bias: np.ndarray | None,
+               dtype: DType = DType.F32, **attrs: Any) -> Graph:
+    """A graph of one Conv of input ``x`` with constant weights (and bias)."""
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType(dtype, x_shape))
+    operands = [x, b.constant(w)] + ([] if bias is None else [b.constant(bias)])
+    return b.finish([b.add1(Op.CONV, operands, attrs)])

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from nodegraph import plain_conv
 
 from kiln.compiler import reference
 from kiln.compiler.ir.builder import GraphBuilder
@@ -34,13 +35,6 @@ AVX512 = Machine(512, 32, 32 * 1024, 1024 * 1024)
 def rand(*shape: int, dtype: Any = np.float32) -> np.ndarray:
     return RNG.standard_normal(shape).astype(dtype)
 
-
-def plain_conv(x_shape: tuple[int, ...], w: np.ndarray, bias: np.ndarray | None,
-               dtype: DType = DType.F32, **attrs: Any) -> Graph:
-    b = GraphBuilder()
-    x = b.add_input("x", TensorType(dtype, x_shape))
-    operands = [x, b.constant(w)] + ([] if bias is None else [b.constant(bias)])
-    return b.finish([b.add1(Op.CONV, operands, attrs)])
 
 
 def blocked_conv(x_shape: tuple[int, ...], w: np.ndarray, bias: np.ndarray | None, block: int,

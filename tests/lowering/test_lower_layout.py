@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from nodegraph import plain_conv
 
 from kiln.compiler import build, reference
 from kiln.compiler.errors import KilnError
@@ -45,13 +46,6 @@ def blocked_conv(x_shape: tuple[int, ...], w: np.ndarray, bias: np.ndarray | Non
                                            "channels": w.shape[0]})
     return b.finish([y])
 
-
-def plain_conv(x_shape: tuple[int, ...], w: np.ndarray, bias: np.ndarray | None,
-               dtype: DType = DType.F32, **attrs: Any) -> Graph:
-    b = GraphBuilder()
-    x = b.add_input("x", TensorType(dtype, x_shape))
-    operands = [x, b.constant(w)] + ([] if bias is None else [b.constant(bias)])
-    return b.finish([b.add1(Op.CONV, operands, attrs)])
 
 
 def test_blocking_helpers_round_trip() -> None:
