@@ -183,21 +183,27 @@ def openvino_session(path: Path, threads: int) -> Callable[[dict[str, np.ndarray
 
 
 @dataclass
-class Row:
+class Timing:
+    """One model at one thread count: Kiln's and onnxruntime's milliseconds."""
+
     model: str
     threads: int
     kiln_ms: float
     ort_ms: float
-    openvino_ms: float | None
-    gflops: float  # Kiln's
-    peak_gflops: float | None  # threads x the FMA loop's fastest burst on one thread
-    compile_seconds: float
-    error: float  # max |kiln - ort| / max |ort|
 
     @property
     def ratio(self) -> float:
         """onnxruntime time over Kiln time: above 1, Kiln is faster."""
         return self.ort_ms / self.kiln_ms
+
+
+@dataclass
+class Row(Timing):
+    openvino_ms: float | None
+    gflops: float  # Kiln's
+    peak_gflops: float | None  # threads x the FMA loop's fastest burst on one thread
+    compile_seconds: float
+    error: float  # max |kiln - ort| / max |ort|
 
     @property
     def openvino_ratio(self) -> float | None:

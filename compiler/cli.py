@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 PROG = "kiln"
 # What a model argument may be (the frontends it goes to: compiler/cli.py _load).
 MODEL_HELP = "an .onnx file, or a Python file defining a DSL model (net.py, or net.py:NAME)"
-LIBRARY_SUFFIXES = (".so", ".dylib", ".dll")
+LIBRARY_SUFFIXES = (".so", ".dylib", ".dll", ".kiln")  # .kiln: a CUDA artifact
 
 
 class UsageError(Exception):
@@ -72,7 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _describe(error: Exception) -> str:
-    if isinstance(error, (KilnError, UsageError)):
+    from kiln.runtime import KilnRuntimeError
+
+    if isinstance(error, (KilnError, UsageError, KilnRuntimeError)):
         return str(error)
     if isinstance(error, OSError) and error.filename is not None:
         return f"{error.filename}: {error.strerror or error}"
@@ -119,8 +121,9 @@ def _build_parser() -> argparse.ArgumentParser:
                                "--weights external, go beside it), or with --static the "
                                "bundle object MODEL.o; required unless --stop-after is given")
     _add_target(compile_, "host (default), x86_64, x86_64-avx2, x86_64-avx512, "
-                          "aarch64-linux-gnu, armv7-linux-gnueabihf, riscv64-linux-gnu or an "
-                          "LLVM triple")
+                          "aarch64-linux-gnu, armv7-linux-gnueabihf, riscv64-linux-gnu, an "
+                          "LLVM triple, or cuda / cuda:sm_NN (NVIDIA GPU: -o MODEL.kiln, one "
+                          "artifact file; --cpu sm_NN picks the architecture, default sm_80)")
     compile_.add_argument("--weights", choices=("embed", "external"),
                           help="embed the weights in the library (default) or write MODEL.bin "
                                "beside it; with --static: write the raw blob MODEL.weights.bin "
@@ -354,10 +357,17 @@ def _compile(args: argparse.Namespace, log: Callable[[str], None]) -> None:
     target = Target.parse(args.target, cpu=args.cpu, features=args.features)
     # A bundle runs every loop on the calling thread: schedules measured on one thread fit it.
     threads = 1 if args.static and args.tune_threads is None else args.tune_threads
-    tuned = {} if args.no_tune_cache else _tuned_schedules(target, threads, log,
-                                                            args.tune_cache)
+    # the tuning cache measures CPU schedules; GPU schedules are not tuned
+    tuned = {} if args.no_tune_cache or target.is_gpu else _tuned_schedules(
+        target, threads, log, args.tune_cache)
     if args.stop_after is not None:
-        _compile_stop_after(args, graph, target.machine().with_tuned(tuned), log)
+        if target.is_gpu:
+            from .lower.gpu import gpu_machine
+
+            machine = gpu_machine()
+        else:
+            machine = target.machine().with_tuned(tuned)
+        _compile_stop_after(args, graph, machine, log)
         return
     if args.static:
         _compile_bundle(args, graph, target, tuned, log)
@@ -372,7 +382,8 @@ def _compile(args: argparse.Namespace, log: Callable[[str], None]) -> None:
     log(f"tuned schedules used by {applied} of {len(decisions)} tunable kernels")
     written = exe.export(args.output)
     stats = exe.stats
-    print(f"wrote {written} ({written.stat().st_size:,} bytes) for {target.triple}: "
+    where = f"{target.triple} ({target.cpu})" if target.is_gpu else target.triple
+    print(f"wrote {written} ({written.stat().st_size:,} bytes) for {where}: "
           f"{stats.kernels} kernels, arena {stats.arena_bytes:,} bytes, weights "
           f"{stats.weights_bytes:,} bytes, compiled in {stats.total_seconds:.2f}s")
     if args.pass_stats:
@@ -550,6 +561,11 @@ def _profile(args: argparse.Namespace, log: Callable[[str], None]) -> None:
     if args.model.suffix in LIBRARY_SUFFIXES:
         if not args.model.is_file():
             raise UsageError(f"library '{args.model}' does not exist")
+        from kiln.runtime.cuda import is_cuda_artifact
+
+        if is_cuda_artifact(args.model):
+            _profile_cuda(args, log)
+            return
         library = args.model
     else:
         graph = _load(args.model, log)
@@ -590,6 +606,32 @@ def _profile(args: argparse.Namespace, log: Callable[[str], None]) -> None:
         log(f"wrote {args.trace}: {len(events)} events")
     formats = {"table": format_table, "json": format_json, "csv": format_csv}
     print(formats[args.format](report), end="")
+
+
+def _profile_cuda(args: argparse.Namespace, log: Callable[[str], None]) -> None:
+    """``kiln profile model.kiln``: per kernel its launch, ptxas' registers / shared memory /
+    spills (where ptxas is installed) and, on a machine with a GPU, its measured time."""
+    from kiln.runtime.cuda import CudaError, load_cuda, read_artifact
+
+    from .profile.cuda import cuda_report, format_cuda_json, format_cuda_table, kernel_times
+
+    if args.format == "csv" or args.trace is not None or args.compare_onnxruntime:
+        raise UsageError("a CUDA artifact's profile is a table or json (no --trace, csv or "
+                         "--compare-onnxruntime)")
+    artifact = read_artifact(args.model)
+    times = None
+    try:
+        model = load_cuda(args.model)
+    except CudaError as error:
+        log(f"no GPU timing: {error}")
+    else:
+        with model:
+            inputs = _library_inputs(model, args.inputs, args.seed)
+            log(f"{args.warmup} warm-up and {args.runs} measured run(s) on {model.device_name}")
+            times = kernel_times(model, inputs, args.warmup, args.runs)
+    report = cuda_report(artifact, times)
+    print(format_cuda_json(report) if args.format == "json" else format_cuda_table(report),
+          end="")
 
 
 def _check_profile_options(args: argparse.Namespace) -> None:

@@ -12,10 +12,15 @@ The result is an ``Executable``: ``run`` executes the library through ``kiln.run
 ``build_bundle`` shares every phase up to the object code and then writes a static bundle
 instead (artifact/bundle.py): one relocatable object with a freestanding runtime, for boards
 without a loader, allocator or threads.
+
+A CUDA target (``build(graph, target="cuda")``) lowers with the GPU schedules (lower/gpu),
+compiles each kernel to PTX (codegen/nvptx) and packs plan, PTX and weights into one artifact
+(artifact/cuda.py): a ``CudaExecutable``, run by ``kiln.runtime.cuda.CudaModel``.
 """
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 import time
@@ -29,10 +34,13 @@ import numpy as np
 
 from kiln.runtime import Model
 from kiln.runtime import load as load_library
+from kiln.runtime.cuda import CudaModel, parse_artifact
 
 from .artifact import TensorSpec, build_library, fnv1a64
 from .artifact.bundle import DEFAULT_PREFIX, Bundle, check_prefix, write_bundle
+from .artifact.cuda import cuda_artifact
 from .codegen.llvm import optimize_and_emit
+from .codegen.nvptx.ptx import KernelPTX, compile_kernels
 from .codegen.plan_module import build_module
 from .codegen.target import Target
 from .errors import KilnError
@@ -53,6 +61,12 @@ class BuildStats:
     weights_bytes: int
     seconds: dict[str, float] = field(default_factory=dict)
     passes: list[PassStats] = field(default_factory=list)  # one row per optimizer pass run
+
+    @classmethod
+    def of(cls, plan: Plan, seconds: dict[str, float], passes: list[PassStats]) -> BuildStats:
+        """The statistics of a build of ``plan``."""
+        return cls(len(plan.calls), plan.arena_bytes, plan.unshared_bytes, len(plan.weights),
+                   seconds, passes)
 
     @property
     def total_seconds(self) -> float:
@@ -99,6 +113,37 @@ class Executable:
         return target
 
 
+class CudaExecutable:
+    """A model compiled for a CUDA target: the artifact's bytes (``artifact``) and each
+    kernel's PTX (``kernels``). ``run`` loads it onto GPU 0 on first use (a clear error where
+    there is no CUDA driver or GPU); ``export`` writes the artifact file (``model.kiln``)."""
+
+    def __init__(self, artifact: bytes, kernels: list[KernelPTX], target: Target,
+                 stats: BuildStats) -> None:
+        self.artifact = artifact
+        self.kernels = kernels
+        self.target = target
+        self.stats = stats
+        self._model: CudaModel | None = None
+
+    def model(self) -> CudaModel:
+        """The artifact loaded on the GPU, created on first use."""
+        if self._model is None:
+            self._model = CudaModel(parse_artifact(self.artifact, "<cuda build>"))
+        return self._model
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the compiled model on the GPU; outputs in graph order."""
+        return self.model().run(inputs)
+
+    def export(self, path: str | Path) -> Path:
+        """Write the artifact to ``path``."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(self.artifact)
+        return target
+
+
 class _Phases:
     """Runs the build's phases, timing each (``seconds``) and reporting it to ``progress``."""
 
@@ -126,11 +171,60 @@ class _Compiled:
 
     def tensors(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
         """The (name, dtype, shape) of each input and output."""
-        plan = self.plan
-        inputs = zip(self.input_names, plan.inputs, strict=True)
-        outputs = zip(plan.output_names, plan.outputs, strict=True)
-        return ([(n, b.dtype, b.shape) for n, b in inputs],
-                [(n, b.dtype, b.shape) for n, b in outputs])
+        return _tensor_specs(self.plan, self.input_names)
+
+
+def _tensor_specs(plan: Plan, input_names: Sequence[str]
+                  ) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The (name, dtype, shape) of each input and output of ``plan``."""
+    inputs = zip(input_names, plan.inputs, strict=True)
+    outputs = zip(plan.output_names, plan.outputs, strict=True)
+    return ([(n, b.dtype, b.shape) for n, b in inputs],
+            [(n, b.dtype, b.shape) for n, b in outputs])
+
+
+def _check_options(opt_level: int, weights: str) -> None:
+    if opt_level not in (0, 1, 2, 3):
+        raise KilnError(f"opt_level must be 0, 1, 2 or 3, got {opt_level}")
+    if weights not in ("embed", "external"):
+        raise KilnError(f"weights must be 'embed' or 'external', got {weights!r}")
+
+
+def _plan(
+    graph: Graph,
+    target: Target,
+    opt_level: int,
+    input_shapes: Mapping[str, Sequence[int]] | None,
+    phase: _Phases,
+    tuned: Mapping[str, Mapping[str, Any]] | None,
+    print_ir_after: Sequence[str],
+    print_ir_after_all: bool,
+    verify_each: bool,
+    ir_out: TextIO | None,
+) -> tuple[Graph, Plan, list[PassStats]]:
+    """Specialize, optimize, lower (GPU schedules for a GPU target) and plan ``graph``: the
+    specialized graph, the plan and one row per optimizer pass run."""
+    if target.is_gpu:
+        from .lower.gpu import gpu_machine, lower_graph_gpu
+
+        machine = gpu_machine()
+        lower: Callable[..., Any] = lower_graph_gpu
+        # -O3's extra pass picks blocked NCHWc layouts, a CPU layout the GPU schedules do not
+        # tile: a GPU build runs -O2's passes (LLVM still optimizes at opt_level)
+        passes_level = min(opt_level, 2)
+    else:
+        machine = target.machine().with_tuned(tuned or {})
+        lower = functools.partial(lower_graph, machine=machine)
+        passes_level = opt_level
+    static = phase("specialize", specialize, graph, input_shapes)
+    pass_rows: list[PassStats] = []
+    optimized = phase("optimize", lambda: optimize(
+        static, passes_level, print_after=print_ir_after, print_after_all=print_ir_after_all,
+        verify_each=verify_each, stats=pass_rows, out=ir_out, machine=machine,
+    ))
+    lowered = phase("lower", lower, optimized)
+    plan: Plan = phase("plan", make_plan, lowered)
+    return static, plan, pass_rows
 
 
 def _compile(
@@ -149,19 +243,9 @@ def _compile(
     dump_dir: Path | None,
 ) -> _Compiled:
     """Specialize, optimize, lower, plan, generate and emit object code for ``target``."""
-    if opt_level not in (0, 1, 2, 3):
-        raise KilnError(f"opt_level must be 0, 1, 2 or 3, got {opt_level}")
-    if weights not in ("embed", "external"):
-        raise KilnError(f"weights must be 'embed' or 'external', got {weights!r}")
-    machine = target.machine().with_tuned(tuned or {})
-    static = phase("specialize", specialize, graph, input_shapes)
-    pass_rows: list[PassStats] = []
-    optimized = phase("optimize", lambda: optimize(
-        static, opt_level, print_after=print_ir_after, print_after_all=print_ir_after_all,
-        verify_each=verify_each, stats=pass_rows, out=ir_out, machine=machine,
-    ))
-    lowered = phase("lower", lower_graph, optimized, machine)
-    plan: Plan = phase("plan", make_plan, lowered)
+    _check_options(opt_level, weights)
+    static, plan, pass_rows = _plan(graph, target, opt_level, input_shapes, phase, tuned,
+                                    print_ir_after, print_ir_after_all, verify_each, ir_out)
     if dump_dir is not None:
         from .codegen.dump import write_dump  # its printers load only when a dump is asked for
 
@@ -190,7 +274,7 @@ def build(
     ir_out: TextIO | None = None,
     profile: bool = False,
     dump_dir: Path | None = None,
-) -> Executable:
+) -> Executable | CudaExecutable:
     """Compile ``graph`` for ``target``; symbolic input dims must be bound by ``input_shapes``.
     ``opt_level`` picks the optimizer's passes (and LLVM's level); ``print_ir_after`` /
     ``print_ir_after_all`` print the IR after those passes to ``ir_out`` (default stderr);
@@ -202,6 +286,9 @@ def build(
     ``dump_dir`` receives each kernel's kernel IR, LLVM IR and assembly (codegen/dump.py)."""
     target = target if isinstance(target, Target) else Target.parse(target)
     phase = _Phases(progress)
+    if target.is_gpu:
+        return _build_cuda(graph, target, opt_level, input_shapes, weights, phase, tuned,
+                           print_ir_after, print_ir_after_all, verify_each, ir_out, dump_dir)
     compiled = _compile(graph, target, opt_level, input_shapes, weights, phase, tuned,
                         print_ir_after, print_ir_after_all, verify_each, ir_out, profile,
                         dump_dir)
@@ -213,11 +300,45 @@ def build(
         compiled.object_code, library, inputs=inputs, outputs=outputs, weights=plan.weights,
         external_weights=weights == "external", target=target,
     ))
-    stats = BuildStats(len(plan.calls), plan.arena_bytes, plan.unshared_bytes,
-                       len(plan.weights), phase.seconds, compiled.passes)
+    stats = BuildStats.of(plan, phase.seconds, compiled.passes)
     if progress:
         progress(f"built {library.name}: {stats.kernels} kernels in {stats.total_seconds:.2f}s")
     return Executable(folder, library, target, threads, stats)
+
+
+def _build_cuda(
+    graph: Graph,
+    target: Target,
+    opt_level: int,
+    input_shapes: Mapping[str, Sequence[int]] | None,
+    weights: str,
+    phase: _Phases,
+    tuned: Mapping[str, Mapping[str, Any]] | None,
+    print_ir_after: Sequence[str],
+    print_ir_after_all: bool,
+    verify_each: bool,
+    ir_out: TextIO | None,
+    dump_dir: Path | None,
+) -> CudaExecutable:
+    """``build`` for a CUDA target: GPU schedules, PTX per kernel, one artifact file."""
+    _check_options(opt_level, weights)
+    if weights != "embed":
+        raise KilnError("a CUDA artifact holds its weights: weights must be 'embed'")
+    static, plan, pass_rows = _plan(graph, target, opt_level, input_shapes, phase, tuned,
+                                    print_ir_after, print_ir_after_all, verify_each, ir_out)
+    kernels, messages = phase("codegen", compile_kernels, plan.kernels, target, opt_level)
+    if dump_dir is not None:
+        from .codegen.nvptx.dump import write_gpu_dump
+
+        phase("dump", write_gpu_dump, plan, kernels, target, dump_dir, opt_level)
+    inputs, outputs = _tensor_specs(plan, [v.name for v in static.inputs])
+    artifact = phase("artifact", cuda_artifact, plan, kernels, messages, inputs, outputs,
+                     target)
+    stats = BuildStats.of(plan, phase.seconds, pass_rows)
+    if phase.progress:
+        phase.progress(f"built the CUDA artifact: {len(kernels)} kernels ({stats.kernels} "
+                       f"calls) in {stats.total_seconds:.2f}s")
+    return CudaExecutable(artifact, kernels, target, stats)
 
 
 def build_bundle(
@@ -246,6 +367,9 @@ def build_bundle(
     other arguments are ``build``'s; ``pass_stats`` receives one row per optimizer pass run."""
     check_prefix(prefix)  # before the compile it would waste
     target = target if isinstance(target, Target) else Target.parse(target)
+    if target.is_gpu:
+        raise KilnError(f"a static bundle is CPU code; {target.name} builds a CUDA artifact "
+                        "(build(..., target='cuda'))")
     phase = _Phases(progress)
     compiled = _compile(graph, target, opt_level, input_shapes, weights, phase, tuned,
                         print_ir_after, print_ir_after_all, verify_each, ir_out, False,

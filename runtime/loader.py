@@ -4,7 +4,7 @@
 ``KilnRuntimeError`` with ``kiln_last_error``'s text), the profiling queries included. The
 library is opened with RTLD_LOCAL, so several models can live in one process without their
 symbols clashing. Libraries of ABI version 1 (before profiling) still load; they report
-profiling disabled.
+profiling disabled. A CUDA artifact (its magic says so) loads through ``cuda.load_cuda``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import abi
+from .cuda import is_cuda_artifact, load_cuda
 from .model import KilnRuntimeError, Model, TensorInfo
 from .profile import KernelCounters, KernelInfo, ProfileCounters, TraceEvent
 
@@ -209,7 +210,8 @@ class NativeLibrary:
 
 def load(path: str | os.PathLike[str], threads: int | None = None,
          weights_path: str | os.PathLike[str] | None = None) -> Model:
-    """Open a compiled model library and create an instance.
+    """Open a compiled model library and create an instance; a CUDA artifact
+    (``--target cuda``, recognized by its magic) loads onto the GPU (``cuda.CudaModel``).
 
     ``threads``: size of the instance's thread pool (None or 0: one per online CPU).
     ``weights_path``: the external weights file of a library built with external weights
@@ -217,5 +219,10 @@ def load(path: str | os.PathLike[str], threads: int | None = None,
     """
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)):
         raise KilnRuntimeError(f"threads must be an int or None, got {threads!r}")
+    if is_cuda_artifact(path):
+        if weights_path is not None:
+            raise KilnRuntimeError(f"{os.fspath(path)} is a CUDA artifact: its weights are "
+                                   "inside it (no weights_path)")
+        return load_cuda(path)
     weights = None if weights_path is None else os.fspath(weights_path)
     return Model(NativeLibrary(path), threads, weights)

@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ..ir.types import FLOATS, DType
-from ..lower.inline import walk
+from ..lower.inline import child_stmts, own_exprs, walk
 from ..lower.kernel_ir import (
     Assign,
     Binary,
@@ -97,33 +97,6 @@ def _bytes_moved(kernel: Kernel) -> int:
     return sum(sizes.get(name, nbytes) for name, nbytes in touched.items())
 
 
-def _children(stmt: Stmt) -> tuple[Stmt, ...]:
-    if isinstance(stmt, Block):
-        return stmt.body
-    if isinstance(stmt, Loop):
-        return (stmt.body,)
-    if isinstance(stmt, If):
-        return (stmt.then,) if stmt.otherwise is None else (stmt.then, stmt.otherwise)
-    return ()
-
-
-def _stmt_exprs(stmt: Stmt) -> tuple[Expr, ...]:
-    """The expressions a statement itself evaluates (not those of nested statements)."""
-    if isinstance(stmt, Store):
-        return (*stmt.indices, stmt.value)
-    if isinstance(stmt, Loop):
-        return (stmt.extent,)
-    if isinstance(stmt, If):
-        return (stmt.cond,)
-    if isinstance(stmt, Declare):
-        return (stmt.init,)
-    if isinstance(stmt, Assign):
-        return (stmt.value,)
-    if isinstance(stmt, MatmulTile):
-        return stmt.offsets
-    return ()
-
-
 def _expr_flops(expr: Expr) -> int:
     own = int(isinstance(expr, Unary | Binary | Call) and expr.dtype in FLOATS)
     return own + sum(_expr_flops(child) for child in operands(expr))
@@ -171,7 +144,7 @@ class _Counter:
             found = _vars(stmt.extent) | (self._free_vars(stmt.body) - {stmt.var.name})
         elif isinstance(stmt, If):
             found = _vars(stmt.cond)
-            for child in _children(stmt):
+            for child in child_stmts(stmt):
                 found |= self._free_vars(child)
         elif isinstance(stmt, Block):
             bound: set[str] = set()
@@ -193,7 +166,7 @@ class _Counter:
     def _cost(self, stmt: Stmt, env: Env) -> int:
         own = self.own.get(id(stmt))
         if own is None:
-            own = self.own[id(stmt)] = sum(_expr_flops(e) for e in _stmt_exprs(stmt))
+            own = self.own[id(stmt)] = sum(_expr_flops(e) for e in own_exprs(stmt))
         if isinstance(stmt, MatmulTile):
             steps = 1
             for axis in stmt.axes:
@@ -212,7 +185,7 @@ class _Counter:
         if isinstance(stmt, If):
             taken = self.value(stmt.cond)(env)
             if taken is None:
-                branches = [self.cost(child, env) for child in _children(stmt)]
+                branches = [self.cost(child, env) for child in child_stmts(stmt)]
                 return own + max(branches, default=0)
             branch = stmt.then if taken else stmt.otherwise
             return own + (0 if branch is None else self.cost(branch, env))

@@ -4,7 +4,8 @@
 presets ``x86_64`` / ``x86_64-avx2`` / ``x86_64-avx512``, the short cross names
 ``aarch64-linux-gnu`` / ``armv7-linux-gnueabihf`` / ``riscv64-linux-gnu``, the RISC-V vector
 preset ``riscv64-rvv-linux-gnu`` (RV64GC plus the V extension at its minimum 128-bit VLEN), and
-any full LLVM triple (with the architecture's baseline CPU and features). Features given by the
+any full LLVM triple (with the architecture's baseline CPU and features), and ``cuda`` /
+``cuda:sm_NN`` (NVPTX: PTX for an NVIDIA GPU architecture, sm_80 by default). Features given by the
 caller are added after the baseline's, and the last mention of a feature wins as in LLVM:
 ``riscv64-linux-gnu`` with ``+v`` is the vector preset, ``-neon`` turns NEON off.
 
@@ -16,6 +17,7 @@ VLEN (under qemu-user: ``-cpu rv64,v=true,vlen=128``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -50,6 +52,11 @@ _PRESETS: dict[str, tuple[str, str, str, str]] = {
     "riscv64-rvv-linux-gnu": ("riscv64-unknown-linux-gnu", "generic-rv64",
                               "+m,+a,+f,+d,+c,+v", "lp64d"),
 }
+
+# CUDA: LLVM's NVPTX backend; PTX ISA 7.8 is the oldest that covers sm_90 (CUDA 11.8 drivers)
+CUDA_TRIPLE = "nvptx64-nvidia-cuda"
+CUDA_DEFAULT_ARCH = "sm_80"
+CUDA_PTX_FEATURE = "+ptx78"
 
 # Features implied by an x86 CPU preset, for deriving the vector width.
 _CPU_FEATURES = {"x86-64-v3": {"avx", "avx2", "fma"}, "x86-64-v4": {"avx", "avx2", "avx512f"}}
@@ -140,6 +147,8 @@ class Target:
         preset's CPU, ``features`` (as LLVM spells them: ``+avx2,-avx512f``) are added after
         the preset's."""
         initialize_llvm()
+        if spec == "cuda" or spec.startswith("cuda:"):
+            return _cuda_target(spec, cpu, features)
         if spec == "host":
             triple = llvm.get_process_triple()
             base_cpu = llvm.get_host_cpu_name()
@@ -213,6 +222,20 @@ class Target:
     @property
     def data_layout(self) -> str:
         return str(self.target_machine().target_data)
+
+
+def _cuda_target(spec: str, cpu: str | None, features: str | None) -> Target:
+    """``cuda`` (``CUDA_DEFAULT_ARCH``), ``cuda:sm_NN``, or ``cuda`` with ``cpu="sm_NN"``: PTX
+    for that architecture (which the driver also JIT-compiles for every newer GPU)."""
+    named = spec.partition(":")[2]
+    if named and cpu is not None and named != cpu:
+        raise CodegenError(f"target {spec!r} names {named} but the CPU option says {cpu}")
+    arch = named or cpu or CUDA_DEFAULT_ARCH
+    if not re.fullmatch(r"sm_\d{2,3}[a-z]?", arch):
+        raise CodegenError(f"unknown CUDA architecture {arch!r}: use sm_NN, e.g. sm_80 or sm_90")
+    return Target(name="cuda", triple=CUDA_TRIPLE, cpu=arch,
+                  features=_combined(CUDA_PTX_FEATURE, features), vector_bits=64,
+                  pointer_bits=64)
 
 
 @cache

@@ -23,6 +23,9 @@ from .types import DType, TensorType
 # the result would bloat the graph (weights-sized folding is the optimizer's decision).
 FOLD_LIMIT_ELEMENTS = 1 << 16
 _NEVER_FOLDED = frozenset({Group.RANDOM, Group.CONTROL})
+# Quantized weights stay quantized until the optimizer: its quant_fusion pass runs the layers
+# reading them as integer ops (fold_constants folds the DequantizeLinear nodes it leaves).
+_KEPT_QUANTIZED = frozenset({Op.DEQUANTIZE_LINEAR})
 
 
 class NameTable:
@@ -69,8 +72,9 @@ class GraphBuilder:
         """A builder for a subgraph that may read this graph's values."""
         return GraphBuilder(name, self.names, outer=self, fold=self.fold)
 
-    def add_input(self, name: str, type_: TensorType) -> Value:
-        value = Value(self.names.claim(name), type_)
+    def add_input(self, name: str | None, type_: TensorType, hint: str = "in") -> Value:
+        """A new graph input named ``name``, or a fresh name from ``hint`` when it is None."""
+        value = Value(self._claim(name, hint), type_)
         self.inputs.append(value)
         return value
 
@@ -136,7 +140,8 @@ class GraphBuilder:
         return self.names.fresh(hint) if name is None else self.names.claim(name)
 
     def _try_fold(self, node: Node) -> bool:
-        if not self.fold or op_def(node.op).group in _NEVER_FOLDED:
+        if (not self.fold or op_def(node.op).group in _NEVER_FOLDED
+                or node.op in _KEPT_QUANTIZED):
             return False
         present = [v for v in node.inputs if v is not None]
         static_shape_query = node.op in (Op.SHAPE, Op.SIZE) and present[0].type.is_static

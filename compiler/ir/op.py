@@ -27,6 +27,9 @@ class Op(enum.Enum):
     # A user's scalar function carried as LLVM IR (the DSL's ``elementwise`` decorator makes
     # it; the ONNX exporter writes it in the "ai.kiln" domain).
     CUSTOM_ELEMENTWISE = "custom_elementwise"
+    # The ai.onnx.ml TreeEnsemble (ml opset 5): the ONNX-ML importer maps TreeEnsemble,
+    # TreeEnsembleClassifier and TreeEnsembleRegressor onto it.
+    TREE_ENSEMBLE = "tree_ensemble"
     ABS = "abs"
     ACOS = "acos"
     ACOSH = "acosh"

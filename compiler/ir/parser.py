@@ -25,7 +25,7 @@ _TOKEN = re.compile(
     r"""
     (?P<space>\s+)
   | (?P<value>%(?:"(?:[^"\\]|\\.)*"|[A-Za-z0-9_.]+))
-  | (?P<func>@[A-Za-z0-9_.]+)
+  | (?P<func>@(?:"(?:[^"\\]|\\.)*"|[A-Za-z0-9_.]+))
   | (?P<string>"(?:[^"\\]|\\.)*")
   | (?P<number>-?(?:(?:inf|nan)\b|\d+(?:\.\d*)?(?:[eE][-+]?\d+)?))
   | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
@@ -34,6 +34,11 @@ _TOKEN = re.compile(
     """,
     re.VERBOSE,
 )
+
+
+def _unquoted(name: str) -> str:
+    """A value or function name as written after its sigil: plain, or a JSON string."""
+    return json.loads(name) if name.startswith('"') else name
 
 
 class _Token:
@@ -100,7 +105,7 @@ class _Parser:
     # -- grammar
     def function(self, scope: dict[str, Value]) -> Graph:
         self.expect("word", "func")
-        name = self.expect("func").text[1:]
+        name = _unquoted(self.expect("func").text[1:])
         scope = dict(scope)
         self.expect("punct", "(")
         inputs: list[Value] = []
@@ -262,8 +267,7 @@ class _Parser:
         return None if self.accept("_") else self.tensor_type()
 
     def value_name(self) -> str:
-        text = self.expect("value").text[1:]
-        return json.loads(text) if text.startswith('"') else text
+        return _unquoted(self.expect("value").text[1:])
 
     def optional_name(self) -> str | None:
         return None if self.accept("_") else self.value_name()

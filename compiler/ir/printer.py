@@ -34,7 +34,12 @@ def print_graph(graph: Graph, full_constants: bool = False) -> str:
 
 
 def value_ref(name: str) -> str:
-    return f"%{name}" if _PLAIN_NAME.match(name) else "%" + json.dumps(name)
+    return _sigiled("%", name)
+
+
+def _sigiled(sigil: str, name: str) -> str:
+    """``name`` after ``sigil``, quoted as a JSON string unless it is a plain name."""
+    return f"{sigil}{name}" if _PLAIN_NAME.match(name) else sigil + json.dumps(name)
 
 
 def tensor_digest(data: np.ndarray) -> str:
@@ -76,7 +81,7 @@ class _Printer:
     def graph(self, graph: Graph, indent: str) -> str:
         params = ", ".join(f"{value_ref(v.name)}: {v.type}" for v in graph.inputs)
         results = ", ".join(str(v.type) for v in graph.outputs)
-        lines = [f"func @{graph.name}({params}) -> ({results}) {{"]
+        lines = [f"func {_sigiled('@', graph.name)}({params}) -> ({results}) {{"]
         lines += [self.node(n, indent + "  ") for n in graph.nodes]
         lines.append(f"{indent}  return " + ", ".join(value_ref(v.name) for v in graph.outputs))
         lines.append(indent + "}")

@@ -23,6 +23,7 @@ from .kernel_ir import (
     Assign,
     Binary,
     Block,
+    BlockReduce,
     Buffer,
     Call,
     Cast,
@@ -63,7 +64,9 @@ class Rewriter:
         self.on_var = on_var
         self.on_buffer = on_buffer
         self.expand_tiles = expand_tiles
-        self.memo: dict[int, Expr] = {}
+        # id -> (expression, rewrite): holding the expression keeps its id from being reused
+        # by a temporary (expanded tiles make and drop expressions while rewriting)
+        self.memo: dict[int, tuple[Expr, Expr]] = {}
 
     def var(self, v: Var) -> Var:
         return v if self.on_var is None else self.on_var(v)
@@ -71,8 +74,8 @@ class Rewriter:
     def expr(self, e: Expr) -> Expr:
         found = self.memo.get(id(e))
         if found is None:
-            found = self.memo[id(e)] = self._expr(e)
-        return found
+            found = self.memo[id(e)] = (e, self._expr(e))
+        return found[1]
 
     def _expr(self, e: Expr) -> Expr:
         if isinstance(e, Load):
@@ -121,6 +124,9 @@ class Rewriter:
                 tile = replace(tile, c=self.on_buffer(s.c), a=self.on_buffer(s.a),
                                b=self.on_buffer(s.b))
             return tile
+        if isinstance(s, BlockReduce):
+            source = s.source if self.on_buffer is None else self.on_buffer(s.source)
+            return replace(s, source=source, var=self.var(s.var))
         assert isinstance(s, Report)
         return s
 
@@ -145,20 +151,8 @@ def walk(body: Stmt) -> Iterator[Stmt | Expr]:
             continue
         seen.add(id(node))
         yield node
-        if isinstance(node, Store):
-            stack.extend((*node.indices, node.value))
-        elif isinstance(node, Block):
-            stack.extend(node.body)
-        elif isinstance(node, Loop):
-            stack.extend((node.extent, node.body))
-        elif isinstance(node, If):
-            stack.extend((node.cond, node.then))
-            if node.otherwise is not None:
-                stack.append(node.otherwise)
-        elif isinstance(node, Declare):
-            stack.append(node.init)
-        elif isinstance(node, Assign):
-            stack.append(node.value)
+        if isinstance(node, Stmt):
+            stack.extend((*own_exprs(node), *child_stmts(node)))
         elif isinstance(node, Load):
             stack.extend(node.indices)
         elif isinstance(node, Unary | Cast):
@@ -169,8 +163,34 @@ def walk(body: Stmt) -> Iterator[Stmt | Expr]:
             stack.extend((node.cond, node.a, node.b))
         elif isinstance(node, Call):
             stack.extend(node.args)
-        elif isinstance(node, MatmulTile):
-            stack.extend(node.offsets)
+
+
+def own_exprs(stmt: Stmt) -> tuple[Expr, ...]:
+    """The expressions a statement itself evaluates (not those of nested statements)."""
+    if isinstance(stmt, Store):
+        return (*stmt.indices, stmt.value)
+    if isinstance(stmt, Loop):
+        return (stmt.extent,)
+    if isinstance(stmt, If):
+        return (stmt.cond,)
+    if isinstance(stmt, Declare):
+        return (stmt.init,)
+    if isinstance(stmt, Assign):
+        return (stmt.value,)
+    if isinstance(stmt, MatmulTile):
+        return stmt.offsets
+    return ()
+
+
+def child_stmts(stmt: Stmt) -> tuple[Stmt, ...]:
+    """The statements directly nested in ``stmt``."""
+    if isinstance(stmt, Block):
+        return stmt.body
+    if isinstance(stmt, Loop):
+        return (stmt.body,)
+    if isinstance(stmt, If):
+        return (stmt.then,) if stmt.otherwise is None else (stmt.then, stmt.otherwise)
+    return ()
 
 
 def accesses(body: Stmt, buffer_name: str) -> tuple[int, int]:

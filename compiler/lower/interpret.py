@@ -6,6 +6,13 @@ the arrays given here are the logical tensors).
 Slow (one Python step per scalar operation) and meant for small tests of lowerings and
 schedules, independent of any backend. Out-of-bounds loads and stores raise instead of reading
 garbage, so an indexing bug in a lowering shows up here first.
+
+Kernels in GPU form run with the sequential semantics of the kernel IR's docstring: blocks in
+order, each phase thread by thread. Shared and thread-local arrays start each block filled with
+garbage (NaN for floats), and the race rule is checked: a location written by one thread of a
+phase and read or written by another thread of that phase raises, as does a global location
+written by one block and accessed by another (blocks never synchronize) and a thread-local
+access whose first index is not the running thread.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from .kernel_ir import (
     Assign,
     Binary,
     Block,
+    BlockReduce,
     Buffer,
     Call,
     Cast,
@@ -32,6 +40,7 @@ from .kernel_ir import (
     Kernel,
     Load,
     Loop,
+    LoopKind,
     MatmulTile,
     Report,
     Select,
@@ -62,7 +71,8 @@ def run_kernel(kernel: Kernel, arrays: Mapping[str, np.ndarray]) -> dict[str, np
             raise ExecutionError(f"kernel {kernel.name}: input buffer {buffer.name} not given")
         else:
             memory[buffer.name] = np.zeros(buffer.shape, buffer.dtype.numpy)
-    interpreter = _Interpreter(memory)
+    interpreter = _Interpreter(memory, kernel.shared + kernel.thread_local,
+                               {b.name for b in kernel.thread_local})
     interpreter.stmt(kernel.body, {})
     if interpreter.reported:
         raise ExecutionError(f"kernel {kernel.name}: {interpreter.reported[0]}")
@@ -162,10 +172,55 @@ def _cast(x: np.generic, source: DType, target: DType) -> object:
     return x
 
 
+def _garbage(buffer: Buffer) -> np.ndarray:
+    """What an uninitialized GPU array holds here: NaN for floats, a pattern for integers."""
+    fill = np.nan if buffer.dtype.is_float else (True if buffer.dtype is DType.BOOL else 0x5A)
+    return np.full(buffer.shape, fill, buffer.dtype.numpy)
+
+
+_SEVERAL = -1
+
+
+class _Owners:
+    """The accesses of one GPU phase (by threads) or one GPU kernel (by blocks, to global
+    memory): location -> who wrote it, and who read it (``_SEVERAL`` when more than one did).
+    Every access is checked against the race rule: no location is written by one and read or
+    written by another."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.current = 0
+        self.written: dict[tuple[str, tuple[int, ...]], int] = {}
+        self.read: dict[tuple[str, tuple[int, ...]], int] = {}
+
+    def access(self, name: str, position: tuple[int, ...], write: bool) -> None:
+        key, me = (name, position), self.current
+        writer = self.written.get(key)
+        if writer is not None and writer != me:
+            raise ExecutionError(
+                f"data race on {name}{list(position)}: {self.kind}s {writer} and {me} "
+                f"({'both write' if write else 'one writes, the other reads'})")
+        if write:
+            reader = self.read.get(key)
+            if reader is not None and reader != me:
+                raise ExecutionError(f"data race on {name}{list(position)}: {self.kind} {me} "
+                                     f"writes what another {self.kind} reads")
+            self.written[key] = me
+        else:
+            seen = self.read.get(key)
+            self.read[key] = me if seen is None or seen == me else _SEVERAL
+
+
 class _Interpreter:
-    def __init__(self, memory: dict[str, np.ndarray]) -> None:
+    def __init__(self, memory: dict[str, np.ndarray], block_arrays: tuple[Buffer, ...] = (),
+                 thread_local: set[str] | None = None) -> None:
         self.memory = memory
         self.reported: list[str] = []
+        self.block_arrays = block_arrays
+        self.block_names = {b.name for b in block_arrays}
+        self.thread_local = thread_local or set()
+        self.phase: _Owners | None = None  # threads of the running GPU phase
+        self.grid: _Owners | None = None  # blocks of the running GPU kernel (global memory)
 
     def stmt(self, node: Stmt, env: dict[str, np.generic]) -> None:
         if isinstance(node, Block):
@@ -175,15 +230,19 @@ class _Interpreter:
             for name in env:
                 env[name] = scope[name]
         elif isinstance(node, Loop):
-            extent = int(self.expr(node.extent, env))
-            for index in range(extent):
-                env[node.var.name] = np.int64(index)
-                self.stmt(node.body, env)
-            env.pop(node.var.name, None)
+            self.loop(node, env)
         elif isinstance(node, Store):
-            self.array(node.buffer)[self.position(node.buffer, node.indices, env)] = (
-                self.expr(node.value, env)
-            )
+            position = self.position(node.buffer, node.indices, env)
+            value = self.expr(node.value, env)
+            self.track(node.buffer, position, write=True)
+            self.array(node.buffer)[position] = value
+        elif isinstance(node, BlockReduce):
+            if self.phase is not None:
+                raise ExecutionError("a block reduction inside a GPU phase (it is uniform)")
+            data = self.memory[node.source.name]
+            fold = {"add": np.add, "max": np.maximum, "min": np.minimum}[node.op]
+            with np.errstate(all="ignore"):
+                env[node.var.name] = scalar(fold.reduce(data), node.var.dtype)
         elif isinstance(node, MatmulTile):
             self.matmul_tile(node, env)
         elif isinstance(node, If):
@@ -202,6 +261,43 @@ class _Interpreter:
         else:
             raise ExecutionError(f"unknown statement {type(node).__name__}")
 
+    def loop(self, node: Loop, env: dict[str, np.generic]) -> None:
+        extent = int(self.expr(node.extent, env))
+        owners = None
+        if node.kind is LoopKind.GPU_THREAD:
+            if self.phase is not None:
+                raise ExecutionError(f"GPU thread loop {node.var.name} inside another one")
+            owners = self.phase = _Owners("thread of one GPU phase")
+        elif node.kind is LoopKind.GPU_BLOCK:
+            owners = self.grid = _Owners("GPU block")
+        try:
+            for index in range(extent):
+                if node.kind is LoopKind.GPU_BLOCK:
+                    # each block starts with fresh (undefined) shared and thread-local arrays
+                    self.memory.update({b.name: _garbage(b) for b in self.block_arrays})
+                if owners is not None:
+                    owners.current = index
+                env[node.var.name] = np.int64(index)
+                self.stmt(node.body, env)
+        finally:
+            if node.kind is LoopKind.GPU_THREAD:
+                self.phase = None
+            elif node.kind is LoopKind.GPU_BLOCK:
+                self.grid = None
+        env.pop(node.var.name, None)
+
+    def track(self, buffer: Buffer, position: tuple[int, ...], write: bool) -> None:
+        """Check one access of a GPU kernel against the race rule."""
+        if buffer.name in self.thread_local:
+            if self.phase is not None and position[0] != self.phase.current:
+                raise ExecutionError(f"thread {self.phase.current} accesses thread-local "
+                                     f"{buffer.name} of thread {position[0]}")
+            return
+        if self.phase is not None:
+            self.phase.access(buffer.name, position, write)
+        if self.grid is not None and buffer.name not in self.block_names:
+            self.grid.access(buffer.name, position, write)
+
     def array(self, buffer: Buffer) -> np.ndarray:
         """The memory of ``buffer``, viewed in the shape the access uses (a flat view)."""
         data = self.memory[buffer.name]
@@ -218,8 +314,13 @@ class _Interpreter:
         rows, cols = np.arange(tile.rows), np.arange(tile.cols)
         column = cols if tile.c_group <= 0 else (
             cols // tile.c_group * tile.c_group_stride + cols % tile.c_group)
+        b_cols = cols
+        if tile.is_integer:  # each step: 4 adjacent A bytes by a quad of B per column
+            quad = np.arange(4, dtype=np.int64)
+            a_k, b_k = ((k[:, None] + quad).reshape(-1) for k in (a_k, b_k))
+            b_cols = cols * 4
         a_index = a_at + rows[:, None] * tile.a_row_stride + a_k[None, :]
-        b_index = b_at + b_k[:, None] + cols[None, :]
+        b_index = b_at + b_k[:, None] + b_cols[None, :]
         c_index = c_at + rows[:, None] * tile.c_row_stride + column[None, :]
         flat = {}
         for buffer, index in ((tile.a, a_index), (tile.b, b_index), (tile.c, c_index)):
@@ -229,7 +330,11 @@ class _Interpreter:
                                      f"{list(buffer.shape)}")
             flat[buffer.name] = data
         c_data = flat[tile.c.name]
-        product = flat[tile.a.name][a_index] @ flat[tile.b.name][b_index]
+        a_data, b_data = flat[tile.a.name][a_index], flat[tile.b.name][b_index]
+        if tile.is_integer:  # exact in int64, wrapped to int32 like the hardware's sums
+            product = (a_data.astype(np.int64) @ b_data.astype(np.int64)).astype(np.int32)
+        else:
+            product = a_data @ b_data
         c_data[c_index] = (c_data[c_index] + product) if tile.accumulate else product
 
     def position(self, buffer: Buffer, indices: tuple[Expr, ...], env: dict) -> tuple[int, ...]:  # type: ignore[type-arg]
@@ -250,7 +355,9 @@ class _Interpreter:
                 raise ExecutionError(f"variable {node.name} is not defined here")
             return env[node.name]
         if isinstance(node, Load):
-            return self.array(node.buffer)[self.position(node.buffer, node.indices, env)]  # type: ignore[no-any-return]
+            position = self.position(node.buffer, node.indices, env)
+            self.track(node.buffer, position, write=False)
+            return self.array(node.buffer)[position]  # type: ignore[no-any-return]
         if isinstance(node, Unary):
             x = self.expr(node.x, env)
             return scalar(_unary(node.op, x, node.x.dtype), node.dtype)

@@ -8,12 +8,13 @@ NVPTX (GPU) emitters read them. Everything is an immutable dataclass.
   and binary arithmetic, comparisons, selects, casts, and calls of an ``ExternalFunction`` (a
   scalar function carried as LLVM IR: a custom elementwise op); each has a ``dtype``. Index
   arithmetic is ``i64``. Python operators build expressions: ``i * 4 + j``, ``x.load(i, j) + 1.0``.
-- Statements (``Stmt``): ``Loop`` (annotated serial / parallel / vectorize / unroll, room for
-  GPU block / thread binding), ``Store``, ``Block``, ``If``, ``Declare`` / ``Assign`` of scalar
+- Statements (``Stmt``): ``Loop`` (annotated serial / parallel / vectorize / unroll, or bound
+  to GPU blocks / threads), ``Store``, ``Block``, ``If``, ``Declare`` / ``Assign`` of scalar
   locals (accumulators), ``Report`` of a run-time failure in the data, and ``MatmulTile``: a
   register-blocked multiply-accumulate of a small output tile, the one statement that names a
   schedule rather than scalar work (its meaning is the scalar loop nest ``expanded`` returns; CPU
-  code generation keeps the tile's accumulators in vector registers).
+  code generation keeps the tile's accumulators in vector registers); ``BlockReduce``, a fold
+  across the threads of a GPU block (GPU form, below).
 
 Semantics of the operators (what every backend must implement):
 - ``div`` on floats is IEEE division; on integers it truncates toward zero (C, and ONNX Div);
@@ -29,6 +30,23 @@ Semantics of the operators (what every backend must implement):
   argument (backends may evaluate, duplicate or inline it freely).
 - ``round`` rounds half to even; ``cast`` from float to int truncates toward zero and saturates
   (NaN gives 0), from anything to bool is ``x != 0``.
+
+GPU form (what the NVPTX emitter takes; ``kiln.compiler.lower.gpu.check_gpu_form`` enforces it):
+the body is one ``Loop(b, Const(grid), GPU_BLOCK, ...)`` (blockIdx.x). Inside it, statements
+outside any GPU_THREAD loop are *uniform*: every thread of the block runs them identically
+(serial loops, ``If`` on uniform conditions, uniform scalar locals, ``BlockReduce``); they never
+store. Each ``Loop(t, Const(threads), GPU_THREAD, phase)`` is a *phase* run by thread t
+(threadIdx.x); all phases of a kernel have one constant extent (the block size, <= 1024), and
+locals declared in a phase are the thread's own. A block-wide barrier separates every two phases
+in execution order and precedes and follows every ``BlockReduce``. Within a phase a thread reads
+shared or global data written in earlier phases or by itself only, and no two threads write one
+location. ``Kernel.shared`` are block-shared arrays (``__shared__``); ``Kernel.thread_local``
+are per-thread arrays of shape (threads, ...) whose every access's first index is the enclosing
+GPU_THREAD loop's variable (registers or local memory of that thread). ``BlockReduce`` folds a
+thread_local array of shape (threads,) into a uniform scalar local visible to every thread.
+Sequential semantics (the interpreter): blocks run one after another, and within a block a phase
+runs t = 0, 1, ... threads - 1 in turn; with the barriers and the race rule this is the CUDA
+execution. Shared and thread-local arrays start undefined in each block.
 """
 
 from __future__ import annotations
@@ -363,6 +381,26 @@ class Report(Stmt):
     message: str
 
 
+BLOCK_REDUCE_OPS = frozenset({"add", "max", "min"})
+
+
+@dataclass(frozen=True, eq=False)
+class BlockReduce(Stmt):
+    """GPU form: the uniform local ``var`` (declared before) becomes the fold by ``op`` ("add",
+    "max", "min"; max/min propagate NaN) of ``source``, a thread_local array of shape
+    (threads,): every thread's contribution. Uniform; barriers precede and follow it."""
+
+    source: Buffer
+    op: str
+    var: Var
+
+    def __post_init__(self) -> None:
+        if self.op not in BLOCK_REDUCE_OPS:
+            raise ValueError(f"unknown block reduction {self.op!r}")
+        if len(self.source.shape) != 1 or self.source.dtype != self.var.dtype:
+            raise ValueError("a block reduction folds a (threads,) array of its local's type")
+
+
 @dataclass(frozen=True)
 class ContractAxis:
     """One axis of a ``MatmulTile``'s contraction: ``extent`` steps of ``a_stride`` elements in A
@@ -385,7 +423,13 @@ class MatmulTile(Stmt):
     contiguous in B; in C they are too unless ``c_group`` > 0, when column j lives at
     ``(j // c_group) * c_group_stride + j % c_group`` (channel blocks of a blocked layout). The sum
     starts from zero (or C) and adds the products in k order, each rounded (or fused) in f32.
-    Floats only; all three buffers are addressed flat whatever their shapes."""
+    All three buffers are addressed flat whatever their shapes.
+
+    Integer form (C int32, one of A and B uint8 and the other int8, no column groups): each
+    contraction step is a dot product of 4 bytes, the A elements ``a + q`` with the B elements
+    ``b + 4 * j + q`` for q < 4 (B packed in quads: the 4 bytes of a column are adjacent), the
+    products and sums exact in int32 (wrapping): the u8 x s8 multiply-accumulate of x86's
+    vpdpbusd (no saturation)."""
 
     c: Buffer
     c_offset: Expr
@@ -403,10 +447,18 @@ class MatmulTile(Stmt):
     c_group_stride: int = 0
 
     def __post_init__(self) -> None:
-        if not (self.a.dtype == self.b.dtype == self.c.dtype and self.c.dtype.is_float):
-            raise ValueError("a matmul tile multiplies floats of one type")
+        if self.is_integer:
+            if self.c_group > 0:
+                raise ValueError("an integer matmul tile has contiguous columns")
+        elif not (self.a.dtype == self.b.dtype == self.c.dtype and self.c.dtype.is_float):
+            raise ValueError("a matmul tile multiplies floats of one type, or u8 by s8 into i32")
         if self.rows < 1 or self.cols < 1:
             raise ValueError("a matmul tile has at least one row and one column")
+
+    @property
+    def is_integer(self) -> bool:
+        """The integer form: u8 x s8 (either way round) quads summed into int32."""
+        return self.c.dtype is DType.I32 and {self.a.dtype, self.b.dtype} == {DType.U8, DType.I8}
 
     @property
     def offsets(self) -> tuple[Expr, Expr, Expr]:
@@ -429,12 +481,20 @@ class MatmulTile(Stmt):
             a_at, b_at = a_at + k * axis.a_stride, b_at + k * axis.b_stride
         c_at = self.c_offset + r * self.c_row_stride + self.column(j)
         acc = Var("tile_acc", self.c.dtype)
-        step: Stmt = Assign(acc, acc + self.a.load(*unravel(a_at, self.a.shape))
-                            * self.b.load(*unravel(b_at, self.b.shape)))
+        if self.is_integer:
+            q = Var("tile_q")
+            a_at, b_at = a_at + q, b_at + j * 3 + q  # B's column j starts at 4 * j
+            step: Stmt = Loop(q, Const(4, DType.I64), Assign(acc, acc + (
+                self.a.load(*unravel(a_at, self.a.shape)).cast(DType.I32)
+                * self.b.load(*unravel(b_at, self.b.shape)).cast(DType.I32))))
+        else:
+            step = Assign(acc, acc + self.a.load(*unravel(a_at, self.a.shape))
+                          * self.b.load(*unravel(b_at, self.b.shape)))
         for k, axis in reversed(list(zip(ks, self.axes, strict=True))):
             step = Loop(k, Const(axis.extent, DType.I64), step)
         c_index = unravel(c_at, self.c.shape)
-        init = self.c.load(*c_index) if self.accumulate else Const(0.0, self.c.dtype)
+        init = self.c.load(*c_index) if self.accumulate else Const(
+            0 if self.is_integer else 0.0, self.c.dtype)
         element = Block((Declare(acc, init), step, self.c.store(c_index, acc)))
         return Loop(r, Const(self.rows, DType.I64),
                     Loop(j, Const(self.cols, DType.I64), element))
@@ -485,7 +545,8 @@ class Kernel:
     """One compiled function: reads ``inputs``, writes ``outputs``, may use ``scratch``.
 
     Buffers are bound by position in the order inputs, outputs, scratch. ``source`` names the
-    graph nodes it implements (for profiles and messages)."""
+    graph nodes it implements (for profiles and messages). ``shared`` and ``thread_local`` are
+    the GPU form's block-shared and per-thread arrays (not parameters: the kernel owns them)."""
 
     name: str
     inputs: tuple[Buffer, ...]
@@ -493,6 +554,8 @@ class Kernel:
     body: Stmt
     scratch: tuple[Buffer, ...] = ()
     source: tuple[str, ...] = field(default=())
+    shared: tuple[Buffer, ...] = ()
+    thread_local: tuple[Buffer, ...] = ()
 
     @property
     def params(self) -> tuple[Buffer, ...]:

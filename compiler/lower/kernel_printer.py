@@ -20,8 +20,11 @@ Buffers print with the graph IR's value syntax (``%name``, quoted when the name 
 type syntax; a ``view`` line lists each other shape under which the body addresses a parameter
 (its indices are in that shape). Loops are ``for`` (serial), ``parallel for``, ``vectorize for``
 (``vectorize<8> for`` with a set width), ``unroll for`` and ``gpu_block`` / ``gpu_thread for``;
-``let`` declares a local, ``report`` records a data error, and ``matmul_tile`` lists the tile's
-fields. Infix operators follow C's precedence, and parentheses appear only where the tree needs
+``let`` declares a local, ``report`` records a data error, ``matmul_tile`` lists the tile's
+fields, and ``v = block_reduce<add>(%partial)`` is a GPU block reduction. A GPU kernel's
+``shared`` and ``thread_local`` arrays are listed after its parameters.
+
+Infix operators follow C's precedence, and parentheses appear only where the tree needs
 them, except that a right operand of equal precedence keeps its parentheses (float ``+`` does
 not reassociate) and so does any operator under a shift. Other operations print as calls
 (``min``, ``exp``, ``select``), casts as the target type applied (``f16(x)``), calls of custom
@@ -40,6 +43,7 @@ from .kernel_ir import (
     Assign,
     Binary,
     Block,
+    BlockReduce,
     Buffer,
     Call,
     Cast,
@@ -84,7 +88,8 @@ def print_kernel(kernel: Kernel) -> str:
     if kernel.source:
         lines.append(f"{INDENT}source: {', '.join(kernel.source)}")
     for role, buffers in (("in", kernel.inputs), ("out", kernel.outputs),
-                          ("scratch", kernel.scratch)):
+                          ("scratch", kernel.scratch), ("shared", kernel.shared),
+                          ("thread_local", kernel.thread_local)):
         lines += [f"{INDENT}{role} {format_buffer(b)}" for b in buffers]
     lines += [f"{INDENT}view {format_buffer(b)}" for b in _views(kernel)]
     lines.append("{")
@@ -107,7 +112,8 @@ def format_expr(expr: Expr) -> str:
 
 def _views(kernel: Kernel) -> list[Buffer]:
     """Buffers the body addresses under a type other than their parameter's, sorted."""
-    params = {(b.name, b.dtype, b.shape, b.strides) for b in kernel.params}
+    params = {(b.name, b.dtype, b.shape, b.strides)
+              for b in kernel.params + kernel.shared + kernel.thread_local}
     found: dict[tuple, Buffer] = {}
     for node in walk(kernel.body):
         used = ((node.buffer,) if isinstance(node, Load | Store)
@@ -143,6 +149,8 @@ def _stmt_lines(stmt: Stmt, depth: int) -> list[str]:
         return [*lines, f"{pad}}}"]
     if isinstance(stmt, MatmulTile):
         return _matmul_tile_lines(stmt, pad)
+    if isinstance(stmt, BlockReduce):
+        return [f"{pad}{stmt.var.name} = block_reduce<{stmt.op}>({value_ref(stmt.source.name)})"]
     raise TypeError(f"cannot print statement {type(stmt).__name__}")
 
 
@@ -162,8 +170,11 @@ def _matmul_tile_lines(tile: MatmulTile, pad: str) -> list[str]:
         c_line += f", columns in groups of {tile.c_group} every {tile.c_group_stride}"
     axes = ", ".join(f"{axis.extent} (a stride {axis.a_stride}, b stride {axis.b_stride})"
                      for axis in tile.axes)
+    # the integer form's steps are 4-byte dot products with B's columns in quads
+    form = f" in quads ({tile.a.dtype.value} x {tile.b.dtype.value})" if tile.is_integer else ""
     return [
-        f"{pad}matmul_tile {tile.rows}x{tile.cols} c {'+=' if tile.accumulate else '='} a @ b {{",
+        f"{pad}matmul_tile {tile.rows}x{tile.cols} c {'+=' if tile.accumulate else '='} "
+        f"a @ b{form} {{",
         c_line,
         f"{inner}a: {value_ref(tile.a.name)} at {format_expr(tile.a_offset)}, "
         f"row stride {tile.a_row_stride}",

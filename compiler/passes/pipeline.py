@@ -5,7 +5,8 @@ returning the same object when it changes nothing) and the lowest -O level that 
 
     -O0  fold_constants, dead_code                  the debuggable baseline: no fusion, no
                                                     layout change
-    -O1  + simplify, cse, fold_batchnorm            local cleanups
+    -O1  + quant_fusion (QDQ layers to integer ops), simplify, cse, fold_batchnorm,
+           absorb_moves (transposes/reshapes before a MatMul folded into its weight rows)
     -O2  + fuse (operator fusion)                   (the default)
     -O3  + select_layout (blocked layouts; it runs before fuse, which must see the Convs)
 
@@ -32,8 +33,9 @@ from .dead_code import dead_code
 from .fold_batchnorm import fold_batchnorm
 from .fold_constants import fold_constants
 from .fuse import fuse_operators
+from .quant_fusion import quant_fusion
 from .select_layout import select_layout
-from .simplify import simplify
+from .simplify import absorb_moves, simplify
 
 Pass = Callable[[Graph, Machine], Graph]
 
@@ -51,6 +53,8 @@ class PassEntry:
 
 
 PASSES: tuple[PassEntry, ...] = (
+    # first: folding would dequantize the QDQ weights this pass keeps as integers
+    PassEntry("quant_fusion", _plain(quant_fusion), 1),
     PassEntry("fold_constants", _plain(fold_constants), 0),
     PassEntry("simplify", _plain(simplify), 1),
     PassEntry("cse", _plain(cse), 1),
@@ -59,6 +63,8 @@ PASSES: tuple[PassEntry, ...] = (
     # ---- global passes, after the local ones (their owners add one line each) ----
     # before fusion: it must see the Convs
     PassEntry("select_layout", lambda graph, machine: select_layout(graph, machine=machine), 3),
+    # after select_layout: absorbs Transposes, and its transforms before a Flatten + MatMul
+    PassEntry("absorb_moves", _plain(absorb_moves), 1),
     PassEntry("fuse", _plain(fuse_operators), 2),
 )
 

@@ -9,6 +9,14 @@ and its numbers (each rule states why it is exact; the only difference any rule 
             %u = transpose(%t) {perm=[1,0]} : f32[2,3]
             %y = mul(%u, %one) : f32[2,3]          (%one: a constant of ones)
     after:  (uses of %y read %x)
+
+``absorb_moves`` is a pass of two more rules (``MOVE_RULES``), which make the element moves
+exporters put around ops (tf2onnx's Transposes from TensorFlow's NHWC and batch-major tensors)
+part of the op, run after layout selection: ``moves_into_weights`` (kept out of ``RULES``: it
+reorders a sum) turns the moves (Transposes, Reshapes, transforms out of a blocked layout)
+between a tensor and a Flatten + MatMul/Gemm with constant weights into a permutation of the
+weights' rows; ``batch_major_rnn`` runs an RNN/GRU/LSTM fed and read through batch <-> time
+Transposes in its batch-major layout.
 """
 
 from __future__ import annotations
@@ -19,7 +27,9 @@ import numpy as np
 
 from ..ir.graph import Graph, Node, Value
 from ..ir.op import Op
+from ..ir.rules.layout import PLAIN
 from ..ir.types import UNKNOWN, DType
+from ..reference.kernels.layout import from_blocked
 from .rewrite import Replacement, Rewriter, Rule, apply_rules, rule
 
 
@@ -217,8 +227,120 @@ def _where_constant(rw: Rewriter, node: Node) -> Replacement:
     return None
 
 
+# Ops that only move elements: each output element is one input element (a LayoutTransform to
+# NCHW drops the zero padded channels). ``_moved_indices`` replays them on element indices.
+_MOVES = (*_RESHAPES, Op.TRANSPOSE, Op.LAYOUT_TRANSFORM)
+
+
+def _moved_indices(chain: list[Node], indices: np.ndarray) -> np.ndarray:
+    """``indices`` (an array shaped like the chain's source) moved by each node of ``chain``
+    in turn: the result holds, per element of the chain's end, the source element it is."""
+    for node in chain:
+        out = node.outputs[0]
+        assert out is not None
+        if node.op is Op.TRANSPOSE:
+            indices = np.transpose(indices, _perm(node))
+        elif node.op is Op.LAYOUT_TRANSFORM:
+            indices = from_blocked(indices, int(node.attrs.get("channels") or 0))
+        else:
+            indices = indices.reshape(out.type.shape)
+    return indices
+
+
+@rule("moves_into_weights", Op.MATMUL, Op.GEMM)
+def _moves_into_weights(rw: Rewriter, node: Node) -> Replacement:
+    """flatten(moves(x)) @ W = reshape(x, [N, -1]) @ W' with W' the rows of the constant W
+    permuted (zero rows for elements the moves drop): a Transpose to NHWC, or a transform out
+    of a blocked layout, before a Flatten and a Dense/Gemm costs nothing but the weights'
+    order. The moves must keep each batch row's elements in that row. Not bit-exact: the
+    matrix product sums the same products in another order."""
+    if node.op is Op.GEMM and node.attrs.get("transA"):
+        return None
+    a, b = node.inputs[0], node.inputs[1]
+    weights = rw.const(b)
+    if a is None or weights is None or weights.ndim != 2 or a.type.rank != 2 \
+            or not a.type.is_static:
+        return None
+    chain: list[Node] = []
+    source = a
+    while (producer := rw.producer(source)) is not None and producer.op in _MOVES and (
+            producer.op is not Op.LAYOUT_TRANSFORM or producer.attrs["dst_layout"] == PLAIN):
+        chain.insert(0, producer)
+        source = producer.inputs[0]
+        assert source is not None
+    if not any(n.op in (Op.TRANSPOSE, Op.LAYOUT_TRANSFORM) for n in chain) \
+            or not source.type.is_static or source.type.rank < 1:
+        return None
+    rows, _ = a.type.shape
+    size = int(np.prod(source.type.shape))
+    if source.type.shape[0] != rows or size % int(rows):
+        return None
+    width = size // int(rows)
+    moved = _moved_indices(chain, np.arange(size).reshape(source.type.shape)).reshape(rows, -1)
+    order = moved[0] % width  # per column of a: the column of reshape(x) it reads
+    if not (np.all(moved // width == np.arange(rows)[:, None])
+            and np.all(moved % width == order)):
+        return None
+    transposed = bool(node.attrs.get("transB")) if node.op is Op.GEMM else False
+    rows_first = weights.T if transposed else weights
+    permuted = np.zeros((width, rows_first.shape[1]), weights.dtype)
+    permuted[order] = rows_first
+    flat = rw.emit(Op.RESHAPE, [source, rw.constant(np.array([rows, width], np.int64))])[0]
+    new_b = rw.constant(np.ascontiguousarray(permuted.T if transposed else permuted))
+    return rw.emit(node.op, [flat, new_b, *node.inputs[2:]], node.attrs, name=node.name)
+
+
 RULES: tuple[Rule, ...] = (
     _noop_by_type, _dropout, _reshape_chain, _transpose_identity, _transpose_pair, _cast_chain,
     _neutral_operand, _involution, _idempotent, _expand_into_broadcast, _pad_zero,
     _where_constant,
 )
+
+
+_RNNS = (Op.RNN, Op.GRU, Op.LSTM)
+
+
+@rule("batch_major_rnn", Op.TRANSPOSE)
+def _batch_major_rnn(rw: Rewriter, node: Node) -> Replacement:
+    """transpose(squeeze(rnn(transpose(x, [1,0,2])).Y, [1]), [1,0,2]) = squeeze(rnn'(x).Y, [2])
+    with rnn' the same one-direction RNN/GRU/LSTM in layout 1 (batch-major X, Y and initial
+    states): the same computation on the same elements, read and written in another order.
+    The RNN's final-state outputs must be unused (they change layout too)."""
+    squeeze = rw.producer(node.inputs[0])
+    if _perm(node) != (1, 0, 2) or squeeze is None or squeeze.op is not Op.SQUEEZE \
+            or len(squeeze.inputs) < 2 or not rw.single_use(node.inputs[0]):  # type: ignore[arg-type]
+        return None
+    axes = rw.const(squeeze.inputs[1])
+    rnn = rw.producer(squeeze.inputs[0])
+    if axes is None or [int(a) % 4 for a in axes.reshape(-1)] != [1] or rnn is None \
+            or rnn.op not in _RNNS or int(rnn.attrs.get("layout") or 0) != 0 \
+            or rnn.outputs[0] is not squeeze.inputs[0] or not rw.single_use(rnn.outputs[0]):
+        return None
+    if any(v is not None and (rw.uses[v.name] or v.name in rw.outputs)
+           for v in rnn.outputs[1:]):
+        return None
+    transpose = rw.producer(rnn.inputs[0])
+    if transpose is None or transpose.op is not Op.TRANSPOSE or _perm(transpose) != (1, 0, 2):
+        return None
+    inputs = list(rnn.inputs)
+    inputs[0] = transpose.inputs[0]
+    for index in (5, 6):  # initial_h (and LSTM's initial_c): [dirs, batch, hidden] -> batch first
+        state = inputs[index] if index < len(inputs) else None
+        if state is not None:
+            data = rw.const(state)
+            inputs[index] = rw.emit(Op.TRANSPOSE, [state], {"perm": [1, 0, 2]})[0] \
+                if data is None else rw.constant(np.ascontiguousarray(data.transpose(1, 0, 2)))
+    outputs = rw.emit(rnn.op, inputs, {**rnn.attrs, "layout": 1}, name=rnn.name,
+                      outputs=len(rnn.outputs))
+    return rw.emit(Op.SQUEEZE, [outputs[0], rw.constant(np.array([2], np.int64))],
+                   name=squeeze.name)
+
+
+MOVE_RULES: tuple[Rule, ...] = (_moves_into_weights, _batch_major_rnn)
+
+
+def absorb_moves(graph: Graph, fired: Counter[str] | None = None) -> Graph:
+    """``graph`` with ``MOVE_RULES`` applied to a fixpoint (the same object when none
+    applies); the pipeline runs it after layout selection, whose transforms out of blocked form
+    ``moves_into_weights`` folds."""
+    return apply_rules(graph, MOVE_RULES, fired)

@@ -45,6 +45,8 @@ from .mapping import (
     dtype_of,
     is_kiln_dtype,
 )
+from .ml import ML_DOMAIN, MlNode
+from .ml import convert as convert_ml
 from .validation import check_supported, node_domain, opset_map, topological_order
 from .versions import Form, normalize
 
@@ -242,7 +244,10 @@ class _Importer:
             inputs = [scope.lookup(name) if name else None for name in node.input]
             out_names = [scope.name_for(name) if name else None for name in node.output]
             condition = scope.builder.const_value(inputs[0]) if node.op_type == "If" else None
-            if kiln_op is not None:  # Kiln's own domain holds IR ops as they are
+            if domain == ML_DOMAIN:
+                ml_node = MlNode(node.op_type, node.name, opset, inputs, attrs, out_names, where)
+                values = convert_ml(scope.builder, ml_node)
+            elif kiln_op is not None:  # Kiln's own domain holds IR ops as they are
                 fitted = fit_schema(kiln_op, node.op_type, attrs, f"node {node.name!r}")
                 values = scope.builder.add(kiln_op, inputs, fitted, outputs=out_names,
                                            name=node.name)

@@ -17,6 +17,7 @@ from kiln.compiler.errors import ModelFormatError, UnsupportedOpError
 
 from .functions import newest_schema, schema_for, static_body
 from .mapping import KILN_DOMAIN, KILN_OPS, defined_op_for
+from .ml import ML_DOMAIN, converters
 from .versions import REPLACED_BY, UNSUPPORTED_VERSIONS
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -75,6 +76,8 @@ Visitor = Callable[[Iterable[NodeProto], Mapping[str, int]], None]
 def _supported(op_type: str, domain: str, opsets: Mapping[str, int], visit: Visitor) -> bool:
     if domain == KILN_DOMAIN:
         return op_type in KILN_OPS
+    if domain == ML_DOMAIN:
+        return op_type in converters()
     if domain != "" or "" not in opsets:
         return False
     if op_type == "Constant":

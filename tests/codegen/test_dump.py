@@ -32,6 +32,7 @@ from kiln.compiler.lower.kernel_ir import (
     Assign,
     Binary,
     Block,
+    BlockReduce,
     Buffer,
     Call,
     Cast,
@@ -77,6 +78,7 @@ def _sample_kernel() -> Kernel:
     w = Buffer("w", F32, (8, 8), strides=(1, 8))
     idx, t = Buffer("idx", I32, (4,)), Buffer("t", F16, (8,))
     flat_y = Buffer("y", F32, (32,))
+    part = Buffer("part", F32, (1,))
     twice = ExternalFunction("twice", "kiln_twice", "", (F32,), F32)
     tile = MatmulTile(y, i * 8, 8, x, c(0), 8, w, c(0), 2, 8, (ContractAxis(8, 1, 8),),
                       accumulate=True, c_group=4, c_group_stride=16)
@@ -93,10 +95,13 @@ def _sample_kernel() -> Kernel:
            Report("index out of range"),
            Loop(k, c(8), y.store([i, k], y.load(i, k) / (acc - 1.0)))),
         If(acc > 0.0, tile),
-        Loop(Var("b"), c(1), Loop(Var("th"), c(1), t.store([c(0)], c(1.0, F16)),
-                                  LoopKind.GPU_THREAD), LoopKind.GPU_BLOCK),
+        Loop(Var("b"), c(1), Block((
+            Loop(Var("th"), c(1), Block((t.store([c(0)], c(1.0, F16)),
+                                         part.store([Var("th")], acc))), LoopKind.GPU_THREAD),
+            BlockReduce(part, "add", acc))), LoopKind.GPU_BLOCK),
     )), LoopKind.PARALLEL)
-    return Kernel("sample", (x, w, idx), (y,), body, (t,), ("node_a", "node_b"))
+    return Kernel("sample", (x, w, idx), (y,), body, (t,), ("node_a", "node_b"),
+                  thread_local=(part,))
 
 
 SAMPLE_TEXT = """\
@@ -107,6 +112,7 @@ kernel sample
   in %idx: i32[4]
   out %y: f32[4,8]
   scratch %t: f16[8]
+  thread_local %part: f32[1]
   view %y: f32[32]
 {
   parallel for i in 0..4 {
@@ -138,7 +144,9 @@ kernel sample
     gpu_block for b in 0..1 {
       gpu_thread for th in 0..1 {
         %t[0] = 1.0:f16
+        %part[th] = acc
       }
+      acc = block_reduce<add>(%part)
     }
   }
 }

@@ -9,8 +9,8 @@ Classification of a case (decided from the model, before running it):
     an element type;
   - ``non-tensor type`` also covers ops that build or read sequences and optionals
     (``Sequence*``, ``SplitToSequence``, ``ConcatFromSequence``, ``Optional*``);
-  - ``non-default domain``: a node of ``ai.onnx.ml``, ``ai.onnx.preview.training`` (training
-    optimizers) or another domain; Kiln imports the default ``ai.onnx`` domain only;
+  - ``non-default domain``: a node of ``ai.onnx.preview.training`` (training optimizers) or
+    another domain; Kiln imports the default ``ai.onnx`` domain and ``ai.onnx.ml``;
   - ``image codec``: ImageDecoder (decodes JPEG/PNG/... bytes; no tensor semantics).
 * ``random`` - the model has a random op (Bernoulli, Multinomial, RandomNormal[Like],
   RandomUniform[Like]) or a Dropout with training_mode: its values depend on the generator, so
@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto, TypeProto, numpy_helper
 
+IMPORTED_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
 KNOWN_FAILURES = Path(__file__).with_name("known_failures.txt")
 KNOWN_FAILURES_COMPILED = Path(__file__).with_name("known_failures_compiled.txt")
 KNOWN_FAILURES_COMPILED_O0 = Path(__file__).with_name("known_failures_compiled_O0.txt")
@@ -109,7 +110,7 @@ def _graph_category(graph: GraphProto) -> str | None:
         if tensor.data_type in _EXCLUDED_TYPES:
             return _EXCLUDED_TYPES[tensor.data_type]
     for node in graph.node:
-        if node.domain not in ("", "ai.onnx"):
+        if node.domain not in IMPORTED_DOMAINS:
             return "non-default domain"
         if node.op_type in _CONTAINER_OPS:
             return "non-tensor type"
@@ -145,9 +146,6 @@ def _is_random(graph: GraphProto) -> bool:
 def classify(model: ModelProto) -> tuple[str, str]:
     """(group, exclusion reason) of a case's model; see the module docstring."""
     category = _graph_category(model.graph)
-    if category is None and any(f.domain not in ("", "ai.onnx") for f in model.opset_import):
-        if any(n.domain not in ("", "ai.onnx") for n in model.graph.node):
-            category = "non-default domain"
     if category is not None:
         return "excluded", category
     return ("random" if _is_random(model.graph) else "numeric"), ""

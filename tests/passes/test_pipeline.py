@@ -62,7 +62,8 @@ def _resnet_block() -> Graph:
 def test_passes_per_level() -> None:
     names = {level: [e.name for e in passes_for(level)] for level in range(4)}
     assert names[0] == ["fold_constants", "dead_code"]
-    assert names[1][:5] == ["fold_constants", "simplify", "cse", "fold_batchnorm", "dead_code"]
+    assert names[1][:6] == ["quant_fusion", "fold_constants", "simplify", "cse", "fold_batchnorm",
+                            "dead_code"]
     assert all(set(names[level]) <= set(names[level + 1]) for level in range(3))
     assert not any(n in names[0] + names[1] for n in ("fuse", "select_layout"))
     with pytest.raises(KilnError, match="opt_level must be 0, 1, 2 or 3"):
@@ -107,7 +108,7 @@ def test_stop_after_and_print_after() -> None:
     rows: list[PassStats] = []
     result = optimize(graph, 3, stop_after="simplify", print_after=["fold_constants"],
                       stats=rows, out=out)
-    assert [r.name for r in rows] == ["fold_constants", "simplify"]
+    assert [r.name for r in rows] == ["quant_fusion", "fold_constants", "simplify"]
     assert "batch_normalization" in ops(result) and "dropout" not in ops(result)
     text = out.getvalue()
     assert text.startswith("// IR after fold_constants\nfunc @main(")

@@ -105,6 +105,18 @@ def test_absent_operands_and_symbolic_unknown_dims() -> None:
     assert graph.nodes[1].inputs[1] is None
 
 
+def test_names_outside_the_plain_alphabet_are_quoted_and_read_back() -> None:
+    builder = GraphBuilder("ONNX(LinearRegression)")  # skl2onnx names its graphs like this
+    x = builder.add_input("input:0", TensorType(DType.F32, (2,)))
+    graph = builder.finish([builder.add1(Op.RELU, [x])])
+    text = print_graph(graph)
+    assert text.startswith('func @"ONNX(LinearRegression)"(%"input:0": f32[2])')
+    parsed = parse_graph(text)
+    assert parsed.name == "ONNX(LinearRegression)"
+    assert [v.name for v in parsed.inputs] == ["input:0"]
+    assert print_graph(parsed) == text
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

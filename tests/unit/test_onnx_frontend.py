@@ -392,7 +392,7 @@ def test_unsupported_ops_are_all_listed_in_one_error_before_any_work() -> None:
     model = make_model(
         [helper.make_node("TfIdfVectorizer", ["x"], ["a"], name="tf1"),
          helper.make_node("TfIdfVectorizer", ["x"], ["b"], name="tf2"),
-         helper.make_node("LabelEncoder", ["x"], ["c"], name="enc", domain="ai.onnx.ml"),
+         helper.make_node("CategoryMapper", ["x"], ["c"], name="enc", domain="ai.onnx.ml"),
          helper.make_node("If", ["cond"], ["d"], name="if", then_branch=branch("deep"),
                           else_branch=branch("deeper"))],
         [X, ("cond", TensorProto.BOOL, [])], [("a", F, None)],
@@ -404,7 +404,7 @@ def test_unsupported_ops_are_all_listed_in_one_error_before_any_work() -> None:
         "the model uses 3 op type(s) Kiln does not support: "
         "StringNormalizer (opset 21) at node(s) 'deeper', 'deep'; "
         "TfIdfVectorizer (opset 21) at node(s) 'tf1', 'tf2'; "
-        "LabelEncoder (domain 'ai.onnx.ml', opset 3) at node(s) 'enc'"
+        "CategoryMapper (domain 'ai.onnx.ml', opset 3) at node(s) 'enc'"
     )
 
 

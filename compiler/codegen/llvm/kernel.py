@@ -129,6 +129,11 @@ class FunctionEmitter(ExprEmitter):
             raise CodegenError(
                 f"kernel {self.kernel.name}: buffer {buffer.name} is not one of its parameters"
             )
+        return self.element(base, indices, buffer)
+
+    def element(self, base: ir.Value, indices: Sequence[ir.Value], buffer: Buffer
+                ) -> ir.Value:
+        """The address of ``buffer``'s element at ``indices``, ``buffer`` starting at ``base``."""
         offset: ir.Value | None = None
         for index, stride in zip(indices, buffer.element_strides, strict=True):
             if stride == 0:
@@ -309,6 +314,25 @@ def _fnv1a(data: bytes) -> int:
     return value
 
 
+def declare_kernel(module: ir.Module, kernel: Kernel, last: str
+                   ) -> tuple[ir.Function, dict[str, ir.Value]]:
+    """``void @<kernel.name>(ptr p_0, ..., ptr p_{n-1}, ptr <last>)`` (nounwind, each pointer
+    ``noalias`` unless its buffer is passed twice) and its pointer argument per buffer name."""
+    params = kernel.params
+    function = ir.Function(module, ir.FunctionType(VOID, [PTR] * (len(params) + 1)),
+                           name=kernel.name)
+    function.attributes.add("nounwind")
+    uses = Counter(buffer.name for buffer in params)
+    buffers: dict[str, ir.Value] = {}
+    for argument, buffer in zip(function.args, params, strict=False):
+        argument.name = f"p.{buffer.name}"
+        if uses[buffer.name] == 1:
+            argument.add_attribute("noalias")
+        buffers.setdefault(buffer.name, argument)
+    function.args[-1].name = last
+    return function, buffers
+
+
 def emit_kernel(module: ir.Module, kernel: Kernel, target: Target,
                 export: bool = False) -> ir.Function:
     """Define ``void @<kernel.name>(ptr p_0, ..., ptr p_{n-1}, ptr ctx)`` in ``module``.
@@ -318,23 +342,13 @@ def emit_kernel(module: ir.Module, kernel: Kernel, target: Target,
         raise CodegenError(f"kernel {kernel.name}: {target.name} is not a CPU target")
     if kernel.name in module.globals:
         raise CodegenError(f"kernel {kernel.name} is already defined in module {module.name}")
-    params = kernel.params
-    function = ir.Function(module, ir.FunctionType(VOID, [PTR] * (len(params) + 1)),
-                           name=kernel.name)
+    function, buffers = declare_kernel(module, kernel, "ctx")
     function.linkage = "external" if export else "internal"
-    function.attributes.add("nounwind")
-    uses = Counter(buffer.name for buffer in params)
-    buffers: dict[str, ir.Value] = {}
-    for argument, buffer in zip(function.args, params, strict=False):
-        argument.name = f"p.{buffer.name}"
-        if uses[buffer.name] == 1:
-            argument.add_attribute("noalias")
-        buffers.setdefault(buffer.name, argument)
     ctx = function.args[-1]
-    ctx.name = "ctx"
     FunctionEmitter(kernel, target, function, buffers, ctx, in_parallel=False).run(
         kernel.body, {})
     return function
 
 
-__all__ = ["emit_kernel", "FunctionEmitter", "Local", "constant", "message_constant"]
+__all__ = ["declare_kernel", "emit_kernel", "FunctionEmitter", "Local", "constant",
+           "message_constant"]

@@ -9,6 +9,14 @@ contraction axes become counted loops with their A and B offsets advanced by str
 last vector (``cols`` not a multiple of the lanes) uses masked loads and stores, so no memory
 past the tile is touched. Dtypes other than f32/f64, scalar-only targets and column groups that
 split a vector fall back to the tile's scalar meaning (``MatmulTile.expanded``).
+
+The integer form (u8 x s8 quads into int32) keeps ``lanes`` int32 accumulators per vector; a
+contraction step loads each B vector (``lanes`` columns x 4 bytes) and, per row, broadcasts the
+row's 4 A bytes as one int32. With AVX-512 VNNI (512-bit vectors) or AVX-VNNI / AVX-512 VNNI+VL
+(256-bit) that is one ``vpdpbusd`` per accumulator: the u8 operand (A's broadcast or B's vector)
+times the s8 one, 4 products summed into each lane without saturation. Elsewhere each of the 4
+byte positions is a widening multiply-add (the bytes of position q gathered by a shuffle,
+extended to int32), which every vector target compiles.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ if TYPE_CHECKING:
     from .kernel import Env, FunctionEmitter
 
 I1 = ir.IntType(1)
+I8 = ir.IntType(8)
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
 PTR = ir.PointerType()
@@ -34,6 +43,13 @@ VOID = ir.VoidType()
 
 def emit_matmul_tile(emitter: FunctionEmitter, tile: MatmulTile, env: Env) -> None:
     dtype = tile.c.dtype
+    if tile.is_integer:
+        lanes = emitter.target.vector_bits // 32
+        if lanes < 4:
+            emitter.stmt(tile.expanded(), env)
+        else:
+            _IntegerTileEmitter(emitter, tile, env, lanes).emit()
+        return
     lanes = emitter.target.vector_bits // (dtype.itemsize * 8)
     if (dtype not in (DType.F32, DType.F64) or lanes < 2
             or (tile.c_group > 0 and tile.c_group % lanes)):
@@ -60,22 +76,25 @@ class _TileEmitter:
     def b(self) -> ir.IRBuilder:
         return self.emitter.builder
 
-    def pointer(self, name: str, offset: ir.Value, extra: int = 0) -> ir.Value:
+    def pointer(self, name: str, offset: ir.Value, extra: int = 0,
+                element: ir.Type | None = None) -> ir.Value:
         if extra:
             offset = self.b.add(offset, I64(extra))
         return self.b.gep(self.emitter.buffers[name], [offset], inbounds=True,
-                          source_etype=self.element)
+                          source_etype=element or self.element)
 
     def mask(self, v: int) -> ir.Constant | None:
         return self.tail_mask if v == self.vectors - 1 else None
 
-    def load_vector(self, pointer: ir.Value, mask: ir.Constant | None) -> ir.Value:
+    def load_vector(self, pointer: ir.Value, mask: ir.Constant | None,
+                    vector: ir.VectorType | None = None) -> ir.Value:
+        vector = vector or self.vector
+        align = self.tile.c.dtype.itemsize if vector is self.vector else 1
         if mask is None:
-            return self.b.load(pointer, typ=self.vector, align=self.tile.c.dtype.itemsize)
-        fn = fmath.declare(self.b.module, f"llvm.masked.load.{_suffix(self.vector)}.p0",
-                           self.vector, [PTR, I32, mask.type, self.vector])
-        return self.b.call(fn, [pointer, I32(self.tile.c.dtype.itemsize), mask,
-                                ir.Constant(self.vector, None)])
+            return self.b.load(pointer, typ=vector, align=align)
+        fn = fmath.declare(self.b.module, f"llvm.masked.load.{_suffix(vector)}.p0",
+                           vector, [PTR, I32, mask.type, vector])
+        return self.b.call(fn, [pointer, I32(align), mask, ir.Constant(vector, None)])
 
     def store_vector(self, value: ir.Value, pointer: ir.Value, mask: ir.Constant | None) -> None:
         if mask is None:
@@ -96,7 +115,7 @@ class _TileEmitter:
         tile = self.tile
         slots = [[self.emitter.alloca(self.vector, name=f"acc{r}.{v}")
                   for v in range(self.vectors)] for r in range(tile.rows)]
-        zero = ir.Constant(self.vector, [0.0] * self.lanes)
+        zero = ir.Constant(self.vector, [self.element(0)] * self.lanes)
         for r, row in enumerate(slots):
             for v, slot in enumerate(row):
                 start = (self.load_vector(self.c_pointer(r, v), self.mask(v))
@@ -154,5 +173,64 @@ class _TileEmitter:
                 b.store(b.call(fmuladd, [splat, row[v], acc]), slots[r][v])
 
 
+class _IntegerTileEmitter(_TileEmitter):
+    """The integer form: int32 accumulators, B vectors of ``lanes`` 4-byte quads."""
+
+    def __init__(self, emitter: FunctionEmitter, tile: MatmulTile, env: Env, lanes: int) -> None:
+        super().__init__(emitter, tile, env, lanes)
+        self.bytes = ir.VectorType(I8, 4 * lanes)
+        tail = tile.cols - (self.vectors - 1) * lanes
+        self.byte_mask = None if tail == lanes else ir.Constant(
+            ir.VectorType(I1, 4 * lanes), [i < 4 * tail for i in range(4 * lanes)])
+        self.vnni = _vnni(emitter.target.features, 32 * lanes)
+
+    def step(self, a_at: ir.Value, b_at: ir.Value, slots: list[list[ir.Value]]) -> None:
+        tile, b = self.tile, self.b
+        row = [self.load_vector(self.pointer(tile.b.name, b_at, v * 4 * self.lanes, I8),
+                                self.byte_mask if v == self.vectors - 1 else None, self.bytes)
+               for v in range(self.vectors)]
+        undefined = ir.Constant(self.vector, None)
+        broadcast = ir.Constant(ir.VectorType(I32, self.lanes), [0] * self.lanes)
+        for r in range(tile.rows):
+            quad = b.load(self.pointer(tile.a.name, a_at, r * tile.a_row_stride, I8), typ=I32,
+                          align=1)
+            splat = b.shuffle_vector(b.insert_element(undefined, quad, I32(0)), undefined,
+                                     broadcast)
+            for v in range(self.vectors):
+                acc = b.load(slots[r][v], typ=self.vector)
+                b.store(self.dot(acc, b.bitcast(splat, self.bytes), row[v]), slots[r][v])
+
+    def dot(self, acc: ir.Value, a_bytes: ir.Value, b_bytes: ir.Value) -> ir.Value:
+        """acc + the per-lane sums of the 4 products of A's and B's bytes."""
+        b, tile = self.b, self.tile
+        if self.vnni is not None:
+            u8, s8 = (a_bytes, b_bytes) if tile.a.dtype is DType.U8 else (b_bytes, a_bytes)
+            fn = fmath.declare(b.module, self.vnni, self.vector, [self.vector, self.bytes,
+                                                                  self.bytes])
+            return b.call(fn, [acc, u8, s8])
+        for q in range(4):
+            picked = [ir.Constant(ir.VectorType(I32, self.lanes),
+                                  [4 * i + q for i in range(self.lanes)])]
+            terms = [b.shuffle_vector(x, ir.Constant(self.bytes, None), picked[0])
+                     for x in (a_bytes, b_bytes)]
+            wide = [b.sext(x, self.vector) if buffer.dtype is DType.I8 else b.zext(x, self.vector)
+                    for x, buffer in zip(terms, (tile.a, tile.b), strict=True)]
+            acc = b.add(acc, b.mul(wide[0], wide[1]))
+        return acc
+
+
+def _vnni(features: str, bits: int) -> str | None:
+    """The vpdpbusd intrinsic for ``bits``-wide vectors when the features have it."""
+    enabled: set[str] = set()
+    for feature in filter(None, (f.strip() for f in features.split(","))):
+        (enabled.add if feature[0] == "+" else enabled.discard)(feature[1:])
+    if bits == 512 and "avx512vnni" in enabled:
+        return "llvm.x86.avx512.vpdpbusd.512"
+    if bits == 256 and ("avxvnni" in enabled or {"avx512vnni", "avx512vl"} <= enabled):
+        return "llvm.x86.avx512.vpdpbusd.256"
+    return None
+
+
 def _suffix(vector: ir.VectorType) -> str:
-    return f"v{vector.count}{'f32' if str(vector.element) == 'float' else 'f64'}"
+    suffix = {"float": "f32", "double": "f64"}.get(str(vector.element), str(vector.element))
+    return f"v{vector.count}{suffix}"

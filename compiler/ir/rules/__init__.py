@@ -8,6 +8,7 @@ from . import (  # noqa: F401
     index,
     layout,
     misc,
+    ml,
     movement,
     nn,
     reduce,

@@ -20,7 +20,10 @@ def check_granularity(ctx: InferContext, scale_index: int) -> None:
     """Scale and zero point must be a scalar, a vector along ``axis``, or blocked along it."""
     x, scale = ctx.input(0), ctx.input(scale_index)
     zp_index = scale_index + 1
-    if ctx.has_input(zp_index) and ctx.input(zp_index).shape != scale.shape:
+    zero = ctx.input(zp_index) if ctx.has_input(zp_index) else None
+    # onnxruntime's quantizer writes a [1] scale with a scalar zero point (both one value)
+    if zero is not None and zero.shape != scale.shape and not (
+            zero.numel == 1 and scale.numel == 1 and zero.rank <= 1 and scale.rank <= 1):
         raise ctx.fail(
             f"zero point {ctx.input(zp_index)} must have the scale's shape {list(scale.shape)}"
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 FAMILIES = ("elementwise", "reduce", "nn", "movement", "index", "rnn", "control", "misc",
-            "layout", "layout_ops", "conv_tiled", "fused")
+            "layout", "layout_ops", "conv_tiled", "fused", "trees")
 
 
 def load_all() -> None:

@@ -275,19 +275,27 @@ def elementwise_expr(op: Op, attrs: Attrs, operands: Operands, out_dtype: DType)
 @lowering(*SCALAR)
 def lower_elementwise(ctx: LowerContext) -> list[Kernel]:
     """One kernel: for each output position, the op's expression of its operands' elements
-    (numpy broadcasting), rounded to the output type. One-element constant operands are
-    immediates (the expression can then specialize on them, e.g. Pow by 2)."""
+    (numpy broadcasting), rounded to the output type."""
+    out = ctx.output()
+    return [ctx.kernel(loop_over(out.shape, elementwise_store(ctx), "i", out.numel,
+                                 vectorize=True))]
+
+
+def elementwise_store(ctx: LowerContext) -> Callable[[Sequence[Expr]], Stmt]:
+    """The store of the elementwise op ``ctx`` lowers at an output index. One-element
+    constant operands are immediates (the expression can then specialize on them, e.g. Pow
+    by 2)."""
     out = ctx.output()
     operands = [ctx.input(i) if ctx.has_input(i) else None for i in range(len(ctx.inputs))]
     immediates = [_immediate(ctx.const(i)) for i in range(len(ctx.inputs))]
 
-    def body(index: list[Expr]) -> Stmt:
-        values = [immediate if b is None or immediate is not None else
+    def store(index: Sequence[Expr]) -> Stmt:
+        values = [fixed if b is None or fixed is not None else
                   b.load(*broadcast_index(index, b))
-                  for b, immediate in zip(operands, immediates, strict=True)]
+                  for b, fixed in zip(operands, immediates, strict=True)]
         return out.store(index, elementwise_expr(ctx.op, ctx.attrs, values, out.dtype))
 
-    return [ctx.kernel(loop_over(out.shape, body, "i", out.numel, vectorize=True))]
+    return store
 
 
 def _immediate(data: np.ndarray | None) -> Expr | None:

@@ -27,7 +27,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ...ir.graph import Graph, Node
+from ...ir.graph import Graph, Node, Value
 from ...ir.op import Op
 from ...ir.rules.fused import retyped_body
 from ...ir.schema import op_def
@@ -63,6 +63,15 @@ def _static(shape: Sequence[int | str]) -> tuple[int, ...]:
 
 class FusedGroup:
     """The body of one FUSED node, with buffers bound to the node's, ready to be inlined."""
+
+    @classmethod
+    def of(cls, ctx: LowerContext) -> FusedGroup:
+        """The group of the FUSED node ``ctx`` lowers, its body retyped to the node's shapes."""
+        body: Graph = ctx.attr("body")
+        types = [v.type.with_shape(ctx.input(i).shape) for i, v in enumerate(body.inputs)]
+        if any(v.type != t for v, t in zip(body.inputs, types, strict=True)):
+            body = retyped_body(body, types)
+        return cls(ctx, body)
 
     def __init__(self, ctx: LowerContext, body: Graph) -> None:
         self.ctx = ctx
@@ -140,31 +149,68 @@ class FusedGroup:
         return [Store(self.outputs[n], tuple(index), self.element(n, index, anchor_value))
                 for n in names]
 
+    def with_sources(self, kernels: Sequence[Kernel]) -> list[Kernel]:
+        """``kernels`` whose source is the group's non-constant nodes."""
+        sources = tuple(n.name for n in self.body.nodes if n.op is not Op.CONSTANT and n.name)
+        return [replace(k, source=sources or k.source) for k in kernels]
+
+    def output_shape(self) -> tuple[int, ...]:
+        """The shape every output of an elementwise group has."""
+        shape = _static(self.body.outputs[0].type.shape)
+        for value in self.body.outputs:
+            if _static(value.type.shape) != shape:
+                raise self.ctx.fail(f"elementwise group output %{value.name} has shape "
+                                    f"{list(value.type.shape)}, expected {list(shape)}")
+        return shape
+
+    def anchor_context(self, result: Value) -> tuple[LowerContext, Buffer]:
+        """The context lowering the anchor (whose one output is ``result``) on the fused
+        node's buffers, and the buffer it writes ``result`` to (``anchor_buffer``)."""
+        ctx, anchor = self.ctx, self.anchor
+        assert anchor is not None
+
+        def buffer(name: str, dtype: DType, shape: Sequence[int | str]) -> Buffer:
+            found = self.buffers.get(name) or self.outputs.get(name)
+            return found if found is not None else Buffer(name, dtype, _static(shape))
+
+        inputs = [None if v is None else buffer(v.name, v.type.dtype, v.type.shape)
+                  for v in anchor.inputs]
+        # the fused node's constant operands (weights) stay visible to the anchor's lowering
+        outer = {v.name: ctx.const(i) for i, v in enumerate(self.body.inputs)}
+        out = buffer(result.name, result.type.dtype, result.type.shape)
+        self.anchor_buffer = out
+        actx = LowerContext(
+            anchor, op_def(anchor.op).with_defaults(anchor.attrs), inputs,
+            [None if v is None else out for v in anchor.outputs],
+            [None if v is None else self.consts.get(v.name, outer.get(v.name))
+             for v in anchor.inputs],
+            f"{ctx.name}_{anchor.op.value}",
+            ctx.machine,
+        )
+        return actx, out
+
+    def prologue(self, load: Load, result: str) -> Expr | None:
+        """The expression replacing the anchor's ``load`` of a prologue value or constant
+        (None: a load to keep; ``result`` is the anchor's own result)."""
+        name = load.buffer.name
+        if name in self.consts or (name in self.producers and name != result):
+            return self.element(name, load.indices)
+        return None
+
 
 @lowering(Op.FUSED)
 def lower_fused(ctx: LowerContext) -> list[Kernel]:
-    body: Graph = ctx.attr("body")
-    types = [v.type.with_shape(ctx.input(i).shape) for i, v in enumerate(body.inputs)]
-    if any(v.type != t for v, t in zip(body.inputs, types, strict=True)):
-        body = retyped_body(body, types)
-    group = FusedGroup(ctx, body)
-    sources = tuple(n.name for n in body.nodes if n.op is not Op.CONSTANT and n.name)
-    kernels = _elementwise(group) if group.anchor is None else _anchored(group)
-    return [replace(k, source=sources or k.source) for k in kernels]
+    group = FusedGroup.of(ctx)
+    return group.with_sources(_elementwise(group) if group.anchor is None else _anchored(group))
 
 
 def _elementwise(group: FusedGroup) -> list[Kernel]:
     """One loop nest over the (common) output shape storing every output of the group."""
-    ctx = group.ctx
     names = [v.name for v in group.body.outputs]
-    shape = _static(group.body.outputs[0].type.shape)
-    for value in group.body.outputs:
-        if _static(value.type.shape) != shape:
-            raise ctx.fail(f"elementwise group output %{value.name} has shape "
-                           f"{list(value.type.shape)}, expected {list(shape)}")
+    shape = group.output_shape()
     nest = loop_over(shape, lambda index: Block(tuple(group.store_all(names, index))), "i",
                      int(np.prod(shape)) * len(names), vectorize=True)
-    return [ctx.kernel(nest)]
+    return [group.ctx.kernel(nest)]
 
 
 def _anchored(group: FusedGroup) -> list[Kernel]:
@@ -174,28 +220,7 @@ def _anchored(group: FusedGroup) -> list[Kernel]:
     if len(present) != 1:
         raise ctx.fail(f"the anchor {anchor.describe()} of a fused group must have one output")
     result = present[0]
-    virtual: dict[str, Buffer] = {}
-
-    def buffer(name: str, dtype: DType, shape: Sequence[int | str]) -> Buffer:
-        found = group.buffers.get(name) or group.outputs.get(name)
-        if found is None:
-            found = virtual[name] = Buffer(name, dtype, _static(shape))
-        return found
-
-    inputs = [None if v is None else buffer(v.name, v.type.dtype, v.type.shape)
-              for v in anchor.inputs]
-    # the fused node's constant operands (weights) stay visible to the anchor's lowering
-    outer = {v.name: ctx.const(i) for i, v in enumerate(group.body.inputs)}
-    out = buffer(result.name, result.type.dtype, result.type.shape)
-    group.anchor_buffer = out
-    actx = LowerContext(
-        anchor, op_def(anchor.op).with_defaults(anchor.attrs), inputs,
-        [None if v is None else out for v in anchor.outputs],
-        [None if v is None else group.consts.get(v.name, outer.get(v.name))
-         for v in anchor.inputs],
-        f"{ctx.name}_{anchor.op.value}",
-        ctx.machine,
-    )
+    actx, out = group.anchor_context(result)
     fn = lowering_for(anchor.op)
     if fn is None:
         raise ctx.fail(f"no lowering for the anchor {anchor.describe()}")
@@ -204,10 +229,7 @@ def _anchored(group: FusedGroup) -> list[Kernel]:
     ctx.derived.update(actx.derived)
 
     def prologue(load: Load) -> Expr | None:
-        name = load.buffer.name
-        if name in group.consts or (name in group.producers and name != result.name):
-            return group.element(name, load.indices)
-        return None
+        return group.prologue(load, result.name)
 
     bodies = [Rewriter(on_load=prologue).stmt(k.body) for k in kernels]
     bodies = _materialize_tile_operands(group, bodies, result.name)

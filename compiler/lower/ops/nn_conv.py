@@ -5,13 +5,22 @@ Every output element is one accumulator (a local) summed over input channels the
 reduction innermost; the outermost loop runs over batch x output channels (fused, so batch 1
 still parallelizes). Padding never loads: taps outside the input are skipped by guards, which is
 the zero padding of the reference (for the integer convs: zero after the zero-point shift).
+2-D f32 convs are tiled instead (below), and so are ConvInteger and QLinearConv with constant
+8-bit weights: by integer tiles (u8 x s8 quads into int32, vpdpbusd with AVX-512 VNNI) when the
+weights minus their zero point fit int8 and the conv is not depthwise-thin (``_quad_integer``),
+else the tiled f32 conv of the operands minus their zero points, exact when the sums provably
+fit f32's integers (compiler/lower/ops/quant_tiled.py), then the integer epilogue.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from ...ir.op import Op
 from ...ir.rules.nn_geometry import (
@@ -42,6 +51,7 @@ from ..kernel_ir import (
 )
 from ..registry import LowerContext, lowering
 from ..schedules import conv as schedules
+from . import quant_tiled
 from .common import const, idx
 from .conv_tiled import conv_shape, merged, pad_input, parallel_loop, vector_width
 from .nn_common import acc_dtype, add_to, nest, ravel, requantize, unravel
@@ -475,11 +485,169 @@ def _integer_conv(
     )
 
 
+def _tiled_integer(ctx: LowerContext, w_at: int, x_zero_at: int, w_zero_at: int
+                   ) -> tuple[Stmt, list[Buffer]] | None:
+    """An integer conv as tiled (or depthwise) f32 convs of the shifted operands, exact
+    (compiler/lower/ops/quant_tiled.py): one per chunk of input channels, each into its own
+    f32 scratch of partial sums; the loops and the scratches. x is operand 0; the weights and
+    zero points are at the given positions. None when the weights or their zero point are not
+    constants, the input is not 2-D 8-bit, or a grouped conv would need chunks."""
+    x, w = ctx.input(0), ctx.input(w_at)
+    x_zero, w_zero = (ctx.input(i) if ctx.has_input(i) else None for i in (x_zero_at, w_zero_at))
+    weights, x_zeros, w_zeros = (ctx.const(i) for i in (w_at, x_zero_at, w_zero_at))
+    if (len(x.shape) != 4 or x.dtype.itemsize != 1 or weights is None
+            or (w_zero is not None and w_zeros is None)):
+        return None
+    magnitude = quant_tiled.input_magnitude(x.dtype, x_zeros, x_zero is None
+                                            or x_zeros is not None)
+    shifted = quant_tiled.shifted_weights(weights, w_zeros, 0)
+    ranges = quant_tiled.chunks(shifted.reshape(*shifted.shape[:2], -1), magnitude)
+    group = int(ctx.attr("group"))
+    if ranges is None or (len(ranges) > 1 and group > 1):
+        return None
+    batch, channels, height, width = x.shape
+    if len(ranges) == 1:  # every channel (of every group)
+        ranges = [(0, channels)]
+    win = forward_window(ctx, x, w)
+    zero = None if x_zero is None else scalar(x_zero)
+    loops: list[Stmt] = []
+    sums: list[Buffer] = []
+    for c0, c1 in ranges:
+        source, fill = quant_tiled.shifted_input(ctx, x, zero, batch, c0 * height * width,
+                                                 (c1 - c0) * height * width)
+        part = shifted[:, c0:c1] if group == 1 else shifted
+        digest = hashlib.sha1(part.tobytes()).hexdigest()[:12]
+        # the f32 conv lowerings read their operands from the context: a view of this one
+        floats = copy.copy(ctx)
+        floats.inputs = [Buffer(source.name, DType.F32, (batch, c1 - c0, height, width)),
+                         ctx.derived_constant(f"{w.name}.shifted{digest}",
+                                              part.astype(np.float32))]
+        floats.outputs = [ctx.scratch("sums", DType.F32, ctx.output().shape)]
+        floats.consts = [None, part.astype(np.float32)]
+        loops += [fill, _depthwise(floats, win, group) if w.shape[1] == 1 and group > 1
+                  else _tiled(floats, win, group)]
+        sums.append(floats.outputs[0])  # type: ignore[arg-type]
+    return block(loops), sums
+
+
+def _quad_integer(ctx: LowerContext, w_at: int, x_zero_at: int, w_zero_at: int,
+                  bias: Buffer | None, value: Callable[[Expr, Expr], Expr]) -> list[Kernel] | None:
+    """An integer conv by integer tiles (``MatmulTile``'s u8 x s8 form), then out = value(int32
+    sum + bias, channel): per image and group, A = the shifted weights (int8 [M, K], K = C/group
+    * KH * KW padded to quads, packed at compile time), B = the input made unsigned (x, or x +
+    128 for int8) gathered at run time into quads [K / 4, OH * OW, 4] (padding: the zero point,
+    which contributes 0). The sum over k of (w - w_zero) * (x - x_zero) is then the tiles' sum
+    minus (x_zero + offset) times the weights' row sums, folded at compile time. None when the
+    weights or their zero point are not constants, the shifted weights do not fit int8, the
+    input is not 2-D 8-bit with one zero point, or the product is too thin (depthwise)."""
+    x, w, out = ctx.input(0), ctx.input(w_at), ctx.output()
+    x_zero = ctx.input(x_zero_at) if ctx.has_input(x_zero_at) else None
+    weights, w_zeros = ctx.const(w_at), ctx.const(w_zero_at)
+    if (len(x.shape) != 4 or x.dtype.itemsize != 1 or weights is None or not x.numel
+            or (ctx.has_input(w_zero_at) and w_zeros is None)
+            or (x_zero is not None and x_zero.numel != 1)):
+        return None
+    signed = quant_tiled.signed_weights(quant_tiled.shifted_weights(weights, w_zeros, 0))
+    group = int(ctx.attr("group"))
+    batch, channels = x.shape[:2]
+    channels_out = out.shape[1]
+    per_in, per_out = channels // group, channels_out // group
+    k = int(weights[0].size)
+    if signed is None or per_out < 4 or k < 8:
+        return None
+    win = forward_window(ctx, x, w)
+    out_h, out_w = out.shape[2:]
+    pixels, quads, items = out_h * out_w, -(-k // 4), batch * group
+    matrix = signed.reshape(channels_out, k)
+    digest = hashlib.sha1(matrix.tobytes()).hexdigest()[:12]
+    a = ctx.derived_constant(f"quads.{channels_out}x{k}.{digest}",
+                             quant_tiled.padded_quads(matrix))
+    row_sums = ctx.derived_constant(f"quads.sums.{channels_out}x{k}.{digest}",
+                                    matrix.astype(np.int64).sum(axis=1).astype(np.int32))
+    packed = ctx.scratch("quads", DType.U8, (items * quads, pixels, 4))
+    zero: Expr = const(quant_tiled.input_offset(x.dtype), DType.I32)
+    if x_zero is not None:
+        zero = zero + scalar(x_zero).cast(DType.I32)
+
+    source, fill = _unsigned_padded(ctx, x, win, zero)
+    t, oh, ow = Var("gt"), Var("gh"), Var("gw")
+    item, kq = t // quads, t % quads
+    image, grp = item // group, item % group
+    stores: list[Stmt] = []
+    for q in range(4):  # the 4 taps of a quad, each read along a row of the input
+        c, tap_h, tap_w = unravel(Binary("min", kq * 4 + q, idx(k - 1)), (per_in, *win.kernel))
+        loaded = source.load(image, grp * per_in + c, oh * win.strides[0] + tap_h
+                             * win.dilations[0], ow * win.strides[1] + tap_w * win.dilations[1])
+        if source is x:
+            loaded = quant_tiled.as_unsigned(loaded, x.dtype)
+        stores.append(packed.store([t, oh * out_w + ow, idx(q)], loaded))
+    gather = parallel_loop(t, items * quads, Loop(oh, idx(out_h), Loop(
+        ow, idx(out_w), block(stores), LoopKind.VECTORIZE)), packed.numel * 4)
+
+    def total(acc: Expr, row: Expr, _: Expr) -> Expr:
+        m = row % channels_out
+        found = acc - zero * row_sums.load(m)
+        return value(found if bias is None else found + bias.load(m), m)
+
+    cols = quant_tiled.quad_columns(ctx)
+    ops = quant_tiled.QuadOperands(
+        a, quads * 4, packed, 4 * cols, 4 * pixels,
+        lambda i: ((i % group) * (per_out * quads * 4), i * (quads * pixels * 4)))
+    product = quant_tiled.quad_product(ctx, ops, items, per_out, pixels, quads, cols, total,
+                                       out)
+    return [ctx.kernel(block(*([] if fill is None else [fill]), gather, product))]
+
+
+def _unsigned_padded(ctx: LowerContext, x: Buffer, win: Window, zero: Expr
+                     ) -> tuple[Buffer, Stmt | None]:
+    """``x`` as the integer tiles read it: unpadded, x itself (made unsigned as it is read);
+    padded, a uint8 scratch of x made unsigned with the (shifted) zero point ``zero`` in the
+    padding, filled by the returned loops, so the quad gather reads rows without bounds tests."""
+    if not any(win.pads):
+        return x, None
+    batch, channels, height, width = x.shape
+    top, left = win.pads[0], win.pads[1]
+    shape = (batch, channels, top + height + win.pads[2], left + width + win.pads[3])
+    padded = ctx.scratch("padded", DType.U8, shape)
+
+    def body(v: list[Expr]) -> Stmt:
+        h, w = v[2] - top, v[3] - left
+        inside = Binary("and", Binary("and", h >= 0, h < height),
+                        Binary("and", w >= 0, w < width))
+        value = x.load(v[0], v[1], Binary("min", Binary("max", h, idx(0)), idx(height - 1)),
+                       Binary("min", Binary("max", w, idx(0)), idx(width - 1)))
+        return padded.store(v, Select(inside, quant_tiled.as_unsigned(value, x.dtype),
+                                      zero.cast(DType.U8)))
+
+    return padded, nest(list(shape), body, "pz", work=math.prod(shape), vectorize_inner=True)
+
+
+def _integer_epilogue(ctx: LowerContext, found: tuple[Stmt, list[Buffer]], bias: Buffer | None,
+                      value: Callable[[Expr, Expr], Expr]) -> list[Kernel]:
+    """The kernel of a tiled integer conv: its loops, then out = value(int32 sum + bias,
+    channel)."""
+    out = ctx.output()
+    batch, channels = out.shape[:2]
+    loops, sums = found
+
+    def store(total: Expr, row: Expr, _: Expr) -> Expr:
+        m = row % channels
+        return value(total if bias is None else total + bias.load(m), m)
+
+    return [ctx.kernel(block(loops, quant_tiled.epilogue(sums, out, batch * channels, store)))]
+
+
 @lowering(Op.CONV_INTEGER)
 def lower_conv_integer(ctx: LowerContext) -> list[Kernel]:
     x, w, out = ctx.input(0), ctx.input(1), ctx.output()
     x_zero = ctx.input(2) if ctx.has_input(2) else None
     w_zero = ctx.input(3) if ctx.has_input(3) else None
+    quads = _quad_integer(ctx, 1, 2, 3, None, lambda total, _: total)
+    if quads is not None:
+        return quads
+    found = _tiled_integer(ctx, 1, 2, 3)
+    if found is not None:
+        return _integer_epilogue(ctx, found, None, lambda total, _: total)
 
     def finish(acc: Expr, n: Expr, m: Expr, o: list[Expr]) -> Stmt:
         return out.store([n, m, *o], acc)
@@ -496,12 +664,22 @@ def lower_qlinear_conv(ctx: LowerContext) -> list[Kernel]:
     out = ctx.output()
     f32 = DType.F32
 
-    def finish(acc: Expr, n: Expr, m: Expr, o: list[Expr]) -> Stmt:
-        total = acc if bias is None else acc + bias.load(m)
+    def requantized(total: Expr, m: Expr) -> Expr:
+        """onnxruntime's requantization of the int32 sum (bias included): f32(sum) *
+        f32(x_scale * w_scale / y_scale), rounded half to even."""
         multiplier = (scalar(x_scale).cast(f32) * per_channel(w_scale, m).cast(f32)
                       / scalar(y_scale).cast(f32))
-        return out.store([n, m, *o], requantize(total.cast(f32) * multiplier, scalar(y_zero),
-                                                out.dtype))
+        return requantize(total.cast(f32) * multiplier, scalar(y_zero), out.dtype)
+
+    quads = _quad_integer(ctx, 3, 2, 5, bias, requantized)
+    if quads is not None:
+        return quads
+    found = _tiled_integer(ctx, 3, 2, 5)
+    if found is not None:
+        return _integer_epilogue(ctx, found, bias, requantized)
+
+    def finish(acc: Expr, n: Expr, m: Expr, o: list[Expr]) -> Stmt:
+        return out.store([n, m, *o], requantized(acc if bias is None else acc + bias.load(m), m))
 
     win = forward_window(ctx, x, w)
     return [ctx.kernel(_integer_conv(x, w, out, win, int(ctx.attr("group")), x_zero, w_zero,

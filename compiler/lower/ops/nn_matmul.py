@@ -10,13 +10,19 @@ block, row tile) ends with a vectorizable finish loop storing every element once
 last tile, reading the output only at the stored position: Gemm's alpha and beta*C live there,
 and fused epilogues replace it (compiler/lower/ops/fused.py).
 
-The other products (integer, quantized, other float types, Einsum) are scalar loop nests: each
+MatMulInteger and QLinearMatMul with a constant 8-bit B whose values minus their zero point
+fit int8 run integer tiles (u8 x s8 quads into int32: vpdpbusd with AVX-512 VNNI; B packed
+into quad panels at compile time, A made unsigned, zero points folded into the weights' column
+sums; compiler/lower/ops/quant_tiled.py); other constant 8-bit B run the tiled f32 product on
+the operands minus their zero points, exactly, when the sums provably fit f32's integers. The
+other products (those integer ones, other float types, Einsum) are scalar loop nests: each
 output element is a local accumulator summed over the contraction index, innermost; the output
 loops carry broadcast batch indices and the outermost is parallel for large products.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +43,7 @@ from ..kernel_ir import (
     Loop,
     LoopKind,
     MatmulTile,
+    Select,
     Stmt,
     Var,
     block,
@@ -44,6 +51,7 @@ from ..kernel_ir import (
 from ..registry import LowerContext, lowering
 from ..schedules import gemm
 from ..schedules.gemm import ceil_div
+from . import quant_tiled
 from .common import PARALLEL_WORK, affine, broadcast_index, const, idx
 from .nn_common import acc_dtype, add_to, nest, requantize, unravel
 from .nn_conv import scalar
@@ -372,9 +380,92 @@ def _integer_term(a_zero: Buffer | None, b_zero: Buffer | None) -> Term:
     return term
 
 
+def _tiled_integer(ctx: LowerContext, b_at: int, a_zero_at: int, b_zero_at: int,
+                   store: Callable[[Expr, Expr, Expr], Expr]) -> Kernel | None:
+    """An integer MatMul, A's batch folded into its rows, then out[row, j] = store(int32 sum,
+    row, j): integer tiles when the shifted weights fit int8 (``_quad_integer``), else packed
+    f32 products of the shifted operands, exact (compiler/lower/ops/quant_tiled.py; one per
+    chunk of the contraction). None unless B is a constant 8-bit matrix with a constant zero
+    point and A (rank >= 2) is 8-bit with one zero point."""
+    a, b, out = ctx.input(0), ctx.input(b_at), ctx.output()
+    a_zero, b_zero = (ctx.input(i) if ctx.has_input(i) else None for i in (a_zero_at, b_zero_at))
+    weights, a_zeros, b_zeros = (ctx.const(i) for i in (b_at, a_zero_at, b_zero_at))
+    if (len(a.shape) < 2 or len(b.shape) != 2 or a.dtype.itemsize != 1 or weights is None
+            or (b_zero is not None and b_zeros is None)
+            or (a_zero is not None and a_zero.numel != 1)):
+        return None
+    shifted = quant_tiled.shifted_weights(weights, b_zeros, 1)
+    signed = quant_tiled.signed_weights(shifted)
+    if signed is not None and weights.size:
+        return _quad_integer(ctx, signed, a_zero_at, store)
+    magnitude = quant_tiled.input_magnitude(a.dtype, a_zeros, a_zero is None
+                                            or a_zeros is not None)
+    ranges = quant_tiled.chunks(shifted.T[:, :, None], magnitude)
+    if ranges is None:
+        return None
+    k, n = weights.shape
+    rows = a.numel // k
+    zero = None if a_zero is None else scalar(a_zero)
+    loops: list[Stmt] = []
+    sums: list[Buffer] = []
+    for k0, k1 in ranges:
+        source, fill = quant_tiled.shifted_input(ctx, a, zero, rows, k0, k1 - k0)
+        part = shifted[k0:k1]
+        digest = hashlib.sha1(part.tobytes()).hexdigest()[:12]
+        sums.append(ctx.scratch("sums", DType.F32, (rows, n)))
+        loops += [fill, packed_product(ctx, source, rows, part.astype(np.float32),
+                                       f"{b.name}.shifted{digest}", sums[-1],
+                                       lambda value, _: value)]
+    return ctx.kernel(block(*loops, quant_tiled.epilogue(sums, out, rows, store)))
+
+
+def _quad_integer(ctx: LowerContext, weights: np.ndarray, a_zero_at: int,
+                  store: Callable[[Expr, Expr, Expr], Expr]) -> Kernel:
+    """``_tiled_integer`` by integer tiles: A (u8, or s8 + 128) by the shifted weights
+    ``weights`` (int8 [K, N], packed into quad panels), then sum (a - a_zero) * w = the tiles'
+    sum - (a_zero + offset) * the weights' column sums, folded at compile time."""
+    a, out = ctx.input(0), ctx.output()
+    k, n = weights.shape
+    rows, quads = a.numel // k, -(-k // 4)
+    cols = quant_tiled.quad_columns(ctx)
+    digest = hashlib.sha1(weights.tobytes()).hexdigest()[:12]
+    panels = ctx.derived_constant(f"quads{cols}.{k}x{n}.{digest}",
+                                  quant_tiled.quad_panels(weights, cols))
+    stmts: list[Stmt] = []
+    source = Buffer(a.name, a.dtype, (rows, k))
+    if a.dtype is DType.U8 and k % 4 == 0:
+        unsigned = source
+    else:  # made unsigned, rows padded to whole quads
+        unsigned = ctx.scratch("quads", DType.U8, (rows, quads * 4))
+
+        def fill(v: list[Expr]) -> Stmt:
+            if k % 4 == 0:
+                return unsigned.store(v, quant_tiled.as_unsigned(source.load(*v), a.dtype))
+            value = quant_tiled.as_unsigned(source.load(v[0], _min(v[1], k - 1)), a.dtype)
+            return unsigned.store(v, Select(v[1] < k, value, const(0, DType.U8)))
+
+        stmts.append(nest([rows, quads * 4], fill, "u", work=rows * k, vectorize_inner=True))
+    sums = weights.astype(np.int64).sum(axis=0).astype(np.int32)
+    column_sums = ctx.derived_constant(f"quads.sums.{k}x{n}.{digest}", sums)
+    zero: Expr = const(quant_tiled.input_offset(a.dtype), DType.I32)
+    if ctx.has_input(a_zero_at):
+        zero = zero + scalar(ctx.input(a_zero_at)).cast(DType.I32)
+
+    def value(total: Expr, row: Expr, col: Expr) -> Expr:
+        return store(total - zero * column_sums.load(col), row, col)
+
+    ops = quant_tiled.QuadOperands(unsigned, unsigned.shape[1], panels, quads * 4 * cols,
+                                   4 * cols, lambda _: (idx(0), idx(0)))
+    stmts.append(quant_tiled.quad_product(ctx, ops, 1, rows, n, quads, cols, value, out))
+    return ctx.kernel(block(stmts))
+
+
 @lowering(Op.MATMUL_INTEGER)
 def lower_matmul_integer(ctx: LowerContext) -> list[Kernel]:
     a, b, out = ctx.input(0), ctx.input(1), ctx.output()
+    tiled = _tiled_integer(ctx, 1, 2, 3, lambda total, *_: total)
+    if tiled is not None:
+        return [tiled]
     zeros = [ctx.input(i) if ctx.has_input(i) else None for i in (2, 3)]
     term = _integer_term(*zeros)
     return [ctx.kernel(matmul_nest(a, b, out, DType.I32, term, lambda acc, *_: acc))]
@@ -386,12 +477,22 @@ def lower_qlinear_matmul(ctx: LowerContext) -> list[Kernel]:
     out = ctx.output()
     f32 = DType.F32
 
-    def finish(acc: Expr, _v: list[Expr], i: Expr | None, j: Expr | None) -> Expr:
+    def requantized(total: Expr, i: Expr | None, j: Expr | None) -> Expr:
+        """onnxruntime's requantization of the int32 sum: f32(sum) * f32(a_scale * b_scale /
+        y_scale), rounded half to even."""
         sa = _by_axis(a_scale, i, idx(0))
         sb = _by_axis(b_scale, j, idx(0))
         assert sa is not None and sb is not None
         multiplier = sa.cast(f32) * sb.cast(f32) / scalar(y_scale).cast(f32)
-        return requantize(acc.cast(f32) * multiplier, scalar(y_zero), out.dtype)
+        return requantize(total.cast(f32) * multiplier, scalar(y_zero), out.dtype)
+
+    if a_scale.numel == 1:
+        tiled = _tiled_integer(ctx, 3, 2, 5, lambda total, _, j: requantized(total, None, j))
+        if tiled is not None:
+            return [tiled]
+
+    def finish(acc: Expr, _v: list[Expr], i: Expr | None, j: Expr | None) -> Expr:
+        return requantized(acc, i, j)
 
     term = _integer_term(a_zero, b_zero)
     return [ctx.kernel(matmul_nest(a, b, out, DType.I32, term, finish))]

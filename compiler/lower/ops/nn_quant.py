@@ -43,7 +43,7 @@ def lower_quantize_linear(ctx: LowerContext) -> list[Kernel]:
         zp = const(0, DType.I64) if zero is None else _param(ctx, zero, i, rank)
         return out.store(i, requantize(quotient, zp, out.dtype))
 
-    return [ctx.kernel(nest(list(x.shape), body, "o", work=4 * x.numel))]
+    return [ctx.kernel(nest(list(x.shape), body, "o", work=4 * x.numel, vectorize_inner=True))]
 
 
 @lowering(Op.DEQUANTIZE_LINEAR)
@@ -62,28 +62,49 @@ def lower_dequantize_linear(ctx: LowerContext) -> list[Kernel]:
     return [ctx.kernel(nest(list(x.shape), body, "o", work=2 * x.numel, vectorize_inner=True))]
 
 
+# Lanes of the range pass's partial minima and maxima: whole vectors of f32 on any x86 target.
+RANGE_LANES = 64
+
+
 @lowering(Op.DYNAMIC_QUANTIZE_LINEAR)
 def lower_dynamic_quantize_linear(ctx: LowerContext) -> list[Kernel]:
+    """A range pass (RANGE_LANES running minima and maxima updated lane-wise, a vectorizable
+    loop with no reduction in it, then folded with the tail), then the quantizing pass."""
     x = ctx.input(0)
     y, scale_out, zero_out = ctx.output(0), ctx.output(1), ctx.output(2)
     f32 = DType.F32
     low, high, scale = Var("low", f32), Var("high", f32), Var("scale", f32)
+    flat = Buffer(x.name, x.dtype, (x.numel,))
+    rows, tail = divmod(x.numel, RANGE_LANES)
+    lanes = ctx.scratch("range", f32, (2, RANGE_LANES))
 
-    def track(i: list[Expr]) -> Stmt:
-        value = x.load(*i)
+    def track(value: Expr) -> Stmt:
         return block(Assign(low, Binary("min", low, value)),
                      Assign(high, Binary("max", high, value)))
 
-    # The range always includes 0, so the zero point is exact.
+    def lane_wise(v: list[Expr]) -> Stmt:
+        value = flat.load(v[0] * RANGE_LANES + v[1])
+        return block(lanes.store([0, v[1]], Binary("min", lanes.load(0, v[1]), value)),
+                     lanes.store([1, v[1]], Binary("max", lanes.load(1, v[1]), value)))
+
+    def fold(v: list[Expr]) -> Stmt:
+        return block(track(lanes.load(0, v[0])), track(lanes.load(1, v[0])))
+
+    # The range always includes 0 (so the zero point is exact): every lane starts there.
+    ranges: list[Stmt] = [Declare(low, const(0, f32)), Declare(high, const(0, f32))]
+    if rows:
+        ranges += [nest([2, RANGE_LANES], lambda v: lanes.store(v, const(0, f32)), "z"),
+                   nest([rows, RANGE_LANES], lane_wise, "r", vectorize_inner=True),
+                   nest([RANGE_LANES], fold, "f")]
+    if tail:
+        ranges.append(nest([tail], lambda v: track(flat.load(v[0] + rows * RANGE_LANES)), "t"))
     zp = Binary("min", Binary("max", Unary("round", -low / scale), const(0, f32)),
                 const(255, f32))
-    ranges = block(
-        Declare(low, const(0, f32)), Declare(high, const(0, f32)),
-        nest(list(x.shape), track, "r"),
+    ranges += [
         Declare(scale, (high - low) / 255.0),
         scale_out.store([], scale),
         zero_out.store([], select_expr(scale.eq(0.0), const(0, DType.U8), zp.cast(DType.U8))),
-    )
+    ]
     stored_scale, stored_zero = scale_out.load(), zero_out.load()
 
     def quantize(i: list[Expr]) -> Stmt:
@@ -91,7 +112,7 @@ def lower_dynamic_quantize_linear(ctx: LowerContext) -> list[Kernel]:
         return y.store(i, select_expr(stored_scale.eq(0.0), const(0, DType.U8), value))
 
     return [
-        ctx.kernel(ranges, inputs=[x], outputs=[scale_out, zero_out]),
-        ctx.kernel(nest(list(x.shape), quantize, "o", work=4 * x.numel),
+        ctx.kernel(block(ranges), inputs=[x], outputs=[scale_out, zero_out]),
+        ctx.kernel(nest(list(x.shape), quantize, "o", work=4 * x.numel, vectorize_inner=True),
                    inputs=[x, scale_out, zero_out], outputs=[y]),
     ]

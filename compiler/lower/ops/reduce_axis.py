@@ -44,21 +44,28 @@ from .reduce_loops import Position, accumulate, along, at, normalized_axis, over
 from .rows import fold_lanes, row_loop, rows_of
 
 
+def replaces_extreme(x: Expr, best: Expr, largest: bool, last: bool) -> Expr:
+    """Whether ``x`` replaces ``best`` in a scan for the largest (or smallest) element in index
+    order: the first (or with ``last`` the last) extreme wins, NaN counts as the extreme."""
+    if last:
+        better: Expr = x >= best if largest else x <= best
+    else:
+        better = x > best if largest else x < best
+    if x.dtype.is_float:
+        x_nan, best_nan = Unary("isnan", x), Unary("isnan", best)
+        # The first NaN wins over numbers; with ``last``, each later NaN replaces it.
+        better = either(both(better, negate(best_nan)), x_nan if last else
+                        both(x_nan, negate(best_nan)))
+    return better
+
+
 def arg_extreme(data: Buffer, position: Position, axis: int, largest: bool,
                 last: bool) -> tuple[list[Stmt], Var]:
     """Statements finding the index of the first (or ``last``) largest (or smallest) element of
     a slice along ``axis`` (non-empty), as numpy's argmax: NaN counts as the extreme."""
     best, where, k = Var("best", data.dtype), Var("where"), Var("k")
     x = data.load(*at(position, axis, k + 1))
-    if last:
-        better: Expr = x >= best if largest else x <= best
-    else:
-        better = x > best if largest else x < best
-    if data.dtype.is_float:
-        x_nan, best_nan = Unary("isnan", x), Unary("isnan", best)
-        # The first NaN wins over numbers; with ``last``, each later NaN replaces it.
-        better = either(both(better, negate(best_nan)), x_nan if last else
-                        both(x_nan, negate(best_nan)))
+    better = replaces_extreme(x, best, largest, last)
     update = block(Assign(where, select(better, k + 1, where)),
                    Assign(best, select(better, x, best)))
     stmts = [Declare(best, data.load(*at(position, axis, 0))),

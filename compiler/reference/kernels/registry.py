@@ -76,6 +76,7 @@ def _load_kernels() -> None:
         index,
         layout,
         misc,
+        ml,
         movement,
         nn,
         reduce,
