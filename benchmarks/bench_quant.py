@@ -34,18 +34,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests" / "frameworks")]
 
 
+from bench_models import Timing, interleaved_times  # noqa: E402
+
+
 @dataclass
-class Row:
-    model: str
-    threads: int
-    kiln_ms: float
-    ort_ms: float
+class Row(Timing):
     diff: float
-
-    @property
-    def ratio(self) -> float:
-        return self.ort_ms / self.kiln_ms
-
 
 @dataclass
 class Case:
@@ -86,7 +80,6 @@ def _output_step(model) -> float | None:  # type: ignore[no-untyped-def]
 
 
 def bench(case: Case, threads: Sequence[int], runs: int) -> list[Row]:
-    from bench_models import interleaved_times
     from test_quantized_models import load_quantized, onnxruntime_session
 
     from kiln.compiler import build

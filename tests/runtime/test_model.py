@@ -64,6 +64,20 @@ def test_outputs_are_fresh_and_inputs_may_be_strided(embedded: Fixture) -> None:
     assert not np.shares_memory(first[0], second[0])
 
 
+def test_read_only_and_exact_inputs_give_the_same_results(embedded: Fixture) -> None:
+    x = np.linspace(-1, 1, N, dtype=np.float32)
+    frozen = x.copy()
+    frozen.flags.writeable = False
+    with load(embedded.library, threads=1) as model:
+        exact = model.run(feeds(x))  # contiguous, exact dtype and shape: the fast path
+        read_only = model.run(feeds(frozen))
+        strided = model.run(feeds(np.repeat(x, 2)[::2]))  # made contiguous by the checked path
+    for a, b, c in zip(exact, read_only, strided, strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    np.testing.assert_array_equal(exact[0], expected_out(x))
+
+
 @pytest.mark.parametrize(("change", "message"), [
     (lambda f: f.pop("idx"), r"missing \['idx'\]; the model takes \['x', 'idx', 'delay_ms', 'h'\]"),
     (lambda f: f.update(y=f["x"]), r"unexpected \['y'\]"),

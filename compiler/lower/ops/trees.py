@@ -61,7 +61,7 @@ BLOCK_ROWS = 128
 # Lanes of the vectorized walks. 1: independent scalar walks, which out-of-order cores overlap,
 # beat gathers on AVX-512 (Zen 4, 100 trees of depth 12: 2.3 us at batch 1 against 3.2 us with
 # 8-lane and 3.5 us with 16-lane gathers; at batch 1000, 2.9 ms against 3.5 ms with 16 lanes).
-# The loops stay VECTORIZE loops so a width suits a machine with fast gathers.
+# With more lanes the walk loops become VECTORIZE loops of that width (gathers).
 WALK_LANES = 1
 _COMPARE = ("le", "lt", "ge", "gt", "eq", "ne")
 
@@ -275,6 +275,14 @@ def _finish(trees: Forest, y: Buffer, row: Expr, has: Callable[[Expr], Expr] | N
     return block(stmts)
 
 
+def _walk_loop(var: Var, extent: Expr, body: Stmt, lanes: int) -> Loop:
+    """A loop over independent walks: vectorized (gathers) when ``lanes`` > 1; else serial, as
+    a VECTORIZE hint of width 1 makes LLVM warn that it could not interleave."""
+    if lanes > 1:
+        return Loop(var, extent, body, LoopKind.VECTORIZE, lanes)
+    return Loop(var, extent, body)
+
+
 def _one_row(ctx: LowerContext, tables: _Tables, x: Buffer, y: Buffer) -> Stmt:
     """Batch 1: every tree's walk advances together; the loop over trees is vectorized."""
     trees = tables.trees
@@ -286,9 +294,9 @@ def _one_row(ctx: LowerContext, tables: _Tables, x: Buffer, y: Buffer) -> Stmt:
     row = idx(0)
     walks, width = idx(tables.walks), tables.lanes
     stmts: list[Stmt] = [
-        Loop(t, walks, state.store((t,), tables.roots.load(t)), LoopKind.VECTORIZE, width),
-        Loop(d, idx(tables.depth), Loop(t, walks, state.store(
-            (t,), tables.step(x, row, state.load(t))), LoopKind.VECTORIZE, width)),
+        _walk_loop(t, walks, state.store((t,), tables.roots.load(t)), width),
+        Loop(d, idx(tables.depth), _walk_loop(t, walks, state.store(
+            (t,), tables.step(x, row, state.load(t))), width)),
         Loop(k, idx(trees.n_targets), y.store((row, k), const(0.0, y.dtype))),
     ]
     has, set_has = None, None
@@ -324,9 +332,7 @@ def _many_rows(ctx: LowerContext, tables: _Tables, x: Buffer, y: Buffer) -> Stmt
     width = tables.lanes
 
     def rows_loop(body: Stmt, vector: bool = False) -> Loop:
-        if vector:
-            return Loop(r, count, body, LoopKind.VECTORIZE, width)
-        return Loop(r, count, body)
+        return _walk_loop(r, count, body, width if vector else 1)
 
     has, set_has = None, None
     init: list[Stmt] = [rows_loop(Loop(k, idx(trees.n_targets),
