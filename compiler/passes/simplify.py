@@ -114,6 +114,22 @@ def _transpose_pair(rw: Rewriter, node: Node) -> Replacement:
     return rw.emit(Op.TRANSPOSE, [inner.inputs[0]], {"perm": composed}, name=node.name)
 
 
+@rule("transpose_as_reshape", Op.TRANSPOSE)
+def _transpose_as_reshape(rw: Rewriter, node: Node) -> Replacement:
+    """A transpose that keeps the order of the dims longer than 1 moves no element (NHWC ->
+    NCHW of a one-channel image, for one): a Reshape, which only renames the shape."""
+    source, out = node.inputs[0], node.outputs[0]
+    if source is None or out is None or not source.type.is_static:
+        return None
+    perm = _perm(node)
+    long = [p for p in perm if source.type.shape[p] != 1]
+    if long != sorted(long) or perm == tuple(range(len(perm))):
+        return None
+    shape = np.array(out.type.shape, dtype=np.int64)
+    attrs = {"allowzero": 1} if 0 in out.type.shape else {}
+    return rw.emit(Op.RESHAPE, [source, rw.constant(shape)], attrs, name=node.name)
+
+
 _MANTISSA_BITS = {DType.F16: 11, DType.BF16: 8, DType.F32: 24, DType.F64: 53}
 _FLOAT_WIDENING = {DType.F16: {DType.F32, DType.F64}, DType.BF16: {DType.F32, DType.F64},
                    DType.F32: {DType.F64}}
@@ -291,7 +307,8 @@ def _moves_into_weights(rw: Rewriter, node: Node) -> Replacement:
 
 
 RULES: tuple[Rule, ...] = (
-    _noop_by_type, _dropout, _reshape_chain, _transpose_identity, _transpose_pair, _cast_chain,
+    _noop_by_type, _dropout, _reshape_chain, _transpose_identity, _transpose_pair,
+    _transpose_as_reshape, _cast_chain,
     _neutral_operand, _involution, _idempotent, _expand_into_broadcast, _pad_zero,
     _where_constant,
 )

@@ -16,9 +16,10 @@ lacks is refused, naming the opset that has it. Before ``MIN_OPSET`` some ops ch
 under the same signature (GroupNormalization-18's per-group scale, GridSample-16's mode names,
 Softmax-11's 2-D coercion), which a schema check cannot see.
 
-``custom_elementwise`` (a user's scalar function as LLVM IR) becomes a node of Kiln's domain
-``ai.kiln`` (op type ``CustomElementwise``, the same attributes), which ``load_onnx`` reads
-back and onnxruntime cannot run. Kiln's own ops made by the optimizer (``fused``,
+``custom_elementwise`` (a user's scalar function as LLVM IR) and ``tree_ensemble`` (TreeEnsemble-5
+extended with multi-vote leaves and base values) become nodes of Kiln's domain ``ai.kiln`` (op
+types ``CustomElementwise`` and ``TreeEnsemble``, the same attributes), which ``load_onnx``
+reads back and onnxruntime cannot run. Kiln's own ops made by the optimizer (``fused``,
 ``layout_transform``, the ``*_nchwc`` ops) have no ONNX form: export the graph as the frontend
 produced it, before ``build``.
 """

@@ -24,7 +24,11 @@ _OPS_BY_KEY = {op.value.replace("_", ""): op for op in Op}
 
 KILN_DOMAIN = "ai.kiln"
 KILN_DOMAIN_VERSION = 1
-KILN_OPS: dict[str, Op] = {"CustomElementwise": Op.CUSTOM_ELEMENTWISE}
+# The IR's tree_ensemble extends ai.onnx.ml's TreeEnsemble-5 (several votes per leaf, base
+# values: what the older TreeEnsembleClassifier/Regressor carry), so it is written in Kiln's
+# domain, which keeps every attribute.
+KILN_OPS: dict[str, Op] = {"CustomElementwise": Op.CUSTOM_ELEMENTWISE,
+                           "TreeEnsemble": Op.TREE_ENSEMBLE}
 
 
 def op_for(op_type: str) -> Op | None:

@@ -226,3 +226,23 @@ def test_opt_level_3_keeps_convs_spread_over_threads() -> None:
     assert not any("nchwc" in k.name for k in exe.kernels)
     assert all(k.launch.grid * k.launch.threads > 1 for k in exe.kernels), [
         (k.name, k.launch) for k in exe.kernels]
+
+
+@needs_ptxas
+def test_custom_elementwise_op_compiles_for_the_gpu() -> None:
+    """A DSL custom op's numba-compiled LLVM function links into the NVPTX module too."""
+    import math
+
+    from kiln.frontends import dsl
+
+    @dsl.elementwise
+    def swish(x, beta):  # type: ignore[no-untyped-def]
+        return x / (1.0 + math.exp(-beta * x))
+
+    model = dsl.trace(lambda x: swish(x, 1.5), name="swish", x=dsl.f32[8, 64])
+    exe = build(model.graph, target="cuda")
+    assert isinstance(exe, CudaExecutable)
+    [kernel] = exe.kernels
+    [info] = run_ptxas(kernel.ptx, "sm_90")
+    assert (info.spill_stores, info.spill_loads) == (0, 0)
+    assert kernel.launch.grid * kernel.launch.threads >= 8 * 64

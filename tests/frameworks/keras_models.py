@@ -50,13 +50,13 @@ def _randomize_batchnorm(model: keras.Model, rng: np.random.Generator) -> None:
                                rng.normal(0, 0.5, n), rng.uniform(0.5, 2, n)])
 
 
-def cnn(folder: Path, batch: int = 2) -> KerasExport:
-    """Conv2D/BatchNorm/ReLU/MaxPool twice (16 and 32 channels, NHWC 16x16x3 images), Flatten,
-    Dense: tf2onnx leaves a Transpose to NCHW at the input and one back to NHWC before the
-    Flatten."""
+def cnn(folder: Path, batch: int = 2, channels: int = 3) -> KerasExport:
+    """Conv2D/BatchNorm/ReLU/MaxPool twice (16 and 32 channels, NHWC 16x16 images of
+    ``channels``), Flatten, Dense: tf2onnx leaves a Transpose to NCHW at the input and one back
+    to NHWC before the Flatten."""
     keras.utils.set_random_seed(0)
     layers = keras.layers
-    image = keras.Input((16, 16, 3))
+    image = keras.Input((16, 16, channels))
     x = layers.Conv2D(16, 3, padding="same")(image)
     x = layers.BatchNormalization()(x)
     x = layers.ReLU()(x)
@@ -68,8 +68,8 @@ def cnn(folder: Path, batch: int = 2) -> KerasExport:
     model = keras.Model(image, layers.Dense(10)(x))
     rng = np.random.default_rng(0)
     _randomize_batchnorm(model, rng)
-    sample = rng.standard_normal((batch, 16, 16, 3)).astype(np.float32)
-    return export(model, sample, folder / "keras_cnn.onnx")
+    sample = rng.standard_normal((batch, 16, 16, channels)).astype(np.float32)
+    return export(model, sample, folder / f"keras_cnn_{channels}.onnx")
 
 
 def _sequence_model(recurrent: Callable[[], keras.layers.Layer], name: str,

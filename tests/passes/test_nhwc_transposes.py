@@ -165,8 +165,7 @@ def test_nhwc_transpose_of_partial_blocks_stays() -> None:
         "transpose", "layout_transform", "conv_nchwc", "relu", "layout_transform"]
 
 
-@pytest.fixture(scope="module")
-def cnn(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def _keras_cnn(folder: Path, channels: int):  # type: ignore[no-untyped-def]
     """The Keras CNN exported by tf2onnx (keras_models.KerasExport)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow's first import
     pytest.importorskip("tensorflow", reason="pip install tensorflow-cpu")
@@ -174,7 +173,12 @@ def cnn(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-de
     sys.path.insert(0, str(FRAMEWORKS))
     import keras_models
 
-    return keras_models.cnn(tmp_path_factory.mktemp("keras"), batch=2)
+    return keras_models.cnn(folder, batch=2, channels=channels)
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    return _keras_cnn(tmp_path_factory.mktemp("keras"), channels=3)
 
 
 def test_only_the_image_transpose_is_left(cnn) -> None:  # type: ignore[no-untyped-def]
@@ -200,3 +204,19 @@ def test_results_match_onnxruntime(cnn, opt_level: int) -> None:  # type: ignore
 
     session = onnxruntime.InferenceSession(str(cnn.path), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(got[0], session.run(None, cnn.inputs)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_a_grayscale_cnn_keeps_no_transpose(tmp_path: Path) -> None:
+    """A one-channel NHWC image is already NCHW in memory (tf2onnx reads it through a
+    Reshape; simplify's transpose_as_reshape does the same for other exporters): with the
+    Transpose before the Dense folded into its weights, no transpose is left."""
+    gray = _keras_cnn(tmp_path, channels=1)
+    graph = specialize(load_onnx(gray.path), {"x": gray.inputs["x"].shape})
+    assert _count(graph, Op.TRANSPOSE) == 1
+    optimized = optimize(graph, 3, verify_each=True)
+    assert _count(optimized, Op.TRANSPOSE) == 0
+    got = build(graph, opt_level=3).run(gray.inputs)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(gray.path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(got[0], session.run(None, gray.inputs)[0], rtol=1e-4, atol=1e-5)

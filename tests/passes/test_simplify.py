@@ -63,6 +63,9 @@ CASES: dict[str, tuple[str, list[str]]] = {
   %t = transpose(%x) {perm=[1, 2, 0]} : f32[3,4,2]
   %u = transpose(%t) {perm=[1, 0, 2]} : f32[4,3,2]
   %y = relu(%u) : f32[4,3,2]"""), ["transpose", "relu"]),
+    "transpose_as_reshape": (_func("%x: f32[2,5,4,1]", "f32[2,1,5,4]", """\
+  %t = transpose(%x) {perm=[0, 3, 1, 2]} : f32[2,1,5,4]
+  %y = relu(%t) : f32[2,1,5,4]"""), ["reshape", "relu"]),
     "cast_chain/round_trip": (_func(X23, "f32[2,3]", """\
   %w = cast(%x) {to=f64} : f64[2,3]
   %n = cast(%w) {to=f32} : f32[2,3]
@@ -135,6 +138,8 @@ def test_every_rule_has_a_case() -> None:
 UNSOUND: dict[str, str] = {
     "square_transpose": _func("%x: f32[3,3]", "f32[3,3]", """\
   %y = transpose(%x) : f32[3,3]"""),
+    "nhwc_three_channels": _func("%x: f32[2,5,4,3]", "f32[2,3,5,4]", """\
+  %y = transpose(%x) {perm=[0, 3, 1, 2]} : f32[2,3,5,4]"""),
     "narrowing_cast_chain": _func(X23, "f32[2,3]", """\
   %h = cast(%x) {to=f16} : f16[2,3]
   %y = cast(%h) {to=f32} : f32[2,3]"""),
