@@ -183,75 +183,62 @@ def _tensor_specs(plan: Plan, input_names: Sequence[str]
             [(n, b.dtype, b.shape) for n, b in outputs])
 
 
-def _check_options(opt_level: int, weights: str) -> None:
-    if opt_level not in (0, 1, 2, 3):
-        raise KilnError(f"opt_level must be 0, 1, 2 or 3, got {opt_level}")
-    if weights not in ("embed", "external"):
-        raise KilnError(f"weights must be 'embed' or 'external', got {weights!r}")
+@dataclass(frozen=True)
+class _Options:
+    """The arguments ``build`` and ``build_bundle`` share (see ``build``), checked once."""
+
+    target: Target
+    opt_level: int
+    input_shapes: Mapping[str, Sequence[int]] | None
+    weights: str
+    tuned: Mapping[str, Mapping[str, Any]] | None
+    print_ir_after: Sequence[str]
+    print_ir_after_all: bool
+    verify_each: bool
+    ir_out: TextIO | None
+    dump_dir: Path | None
+
+    def __post_init__(self) -> None:
+        if self.opt_level not in (0, 1, 2, 3):
+            raise KilnError(f"opt_level must be 0, 1, 2 or 3, got {self.opt_level}")
+        if self.weights not in ("embed", "external"):
+            raise KilnError(f"weights must be 'embed' or 'external', got {self.weights!r}")
 
 
-def _plan(
-    graph: Graph,
-    target: Target,
-    opt_level: int,
-    input_shapes: Mapping[str, Sequence[int]] | None,
-    phase: _Phases,
-    tuned: Mapping[str, Mapping[str, Any]] | None,
-    print_ir_after: Sequence[str],
-    print_ir_after_all: bool,
-    verify_each: bool,
-    ir_out: TextIO | None,
-) -> tuple[Graph, Plan, list[PassStats]]:
+def _plan(graph: Graph, options: _Options, phase: _Phases) -> tuple[Graph, Plan, list[PassStats]]:
     """Specialize, optimize, lower (GPU schedules for a GPU target) and plan ``graph``: the
     specialized graph, the plan and one row per optimizer pass run."""
+    target, opt_level = options.target, options.opt_level
     if target.is_gpu:
         from .lower.gpu import gpu_machine, lower_graph_gpu
 
         machine = gpu_machine()
         lower: Callable[..., Any] = lower_graph_gpu
-        # -O3's extra pass picks blocked NCHWc layouts, a CPU layout the GPU schedules do not
-        # tile: a GPU build runs -O2's passes (LLVM still optimizes at opt_level)
-        passes_level = min(opt_level, 2)
     else:
-        machine = target.machine().with_tuned(tuned or {})
+        machine = target.machine().with_tuned(options.tuned or {})
         lower = functools.partial(lower_graph, machine=machine)
-        passes_level = opt_level
-    static = phase("specialize", specialize, graph, input_shapes)
+    static = phase("specialize", specialize, graph, options.input_shapes)
     pass_rows: list[PassStats] = []
     optimized = phase("optimize", lambda: optimize(
-        static, passes_level, print_after=print_ir_after, print_after_all=print_ir_after_all,
-        verify_each=verify_each, stats=pass_rows, out=ir_out, machine=machine,
+        static, opt_level, print_after=options.print_ir_after,
+        print_after_all=options.print_ir_after_all, verify_each=options.verify_each,
+        stats=pass_rows, out=options.ir_out, machine=machine,
     ))
     lowered = phase("lower", lower, optimized)
     plan: Plan = phase("plan", make_plan, lowered)
     return static, plan, pass_rows
 
 
-def _compile(
-    graph: Graph,
-    target: Target,
-    opt_level: int,
-    input_shapes: Mapping[str, Sequence[int]] | None,
-    weights: str,
-    phase: _Phases,
-    tuned: Mapping[str, Mapping[str, Any]] | None,
-    print_ir_after: Sequence[str],
-    print_ir_after_all: bool,
-    verify_each: bool,
-    ir_out: TextIO | None,
-    profile: bool,
-    dump_dir: Path | None,
-) -> _Compiled:
-    """Specialize, optimize, lower, plan, generate and emit object code for ``target``."""
-    _check_options(opt_level, weights)
-    static, plan, pass_rows = _plan(graph, target, opt_level, input_shapes, phase, tuned,
-                                    print_ir_after, print_ir_after_all, verify_each, ir_out)
-    if dump_dir is not None:
+def _compile(graph: Graph, options: _Options, phase: _Phases, profile: bool) -> _Compiled:
+    """Specialize, optimize, lower, plan, generate and emit object code for the target."""
+    target, opt_level = options.target, options.opt_level
+    static, plan, pass_rows = _plan(graph, options, phase)
+    if options.dump_dir is not None:
         from .codegen.dump import write_dump  # its printers load only when a dump is asked for
 
-        phase("dump", write_dump, plan, target, dump_dir, opt_level)
+        phase("dump", write_dump, plan, target, options.dump_dir, opt_level)
     names = ([v.name for v in static.inputs], list(plan.output_names))
-    external = weights == "external"
+    external = options.weights == "external"
     checksum = fnv1a64(plan.weights)
     module = phase("codegen", build_module, plan, target, names, external, checksum, profile)
     obj = phase("llvm", optimize_and_emit, module, target, opt_level)
@@ -285,13 +272,12 @@ def build(
     and the kernel table (``Model.profile``; without it the code has no timer at all);
     ``dump_dir`` receives each kernel's kernel IR, LLVM IR and assembly (codegen/dump.py)."""
     target = target if isinstance(target, Target) else Target.parse(target)
+    options = _Options(target, opt_level, input_shapes, weights, tuned, print_ir_after,
+                       print_ir_after_all, verify_each, ir_out, dump_dir)
     phase = _Phases(progress)
     if target.is_gpu:
-        return _build_cuda(graph, target, opt_level, input_shapes, weights, phase, tuned,
-                           print_ir_after, print_ir_after_all, verify_each, ir_out, dump_dir)
-    compiled = _compile(graph, target, opt_level, input_shapes, weights, phase, tuned,
-                        print_ir_after, print_ir_after_all, verify_each, ir_out, profile,
-                        dump_dir)
+        return _build_cuda(graph, options, phase)
+    compiled = _compile(graph, options, phase, profile)
     plan = compiled.plan
     inputs, outputs = compiled.tensors()
     folder = Path(tempfile.mkdtemp(prefix="kiln-"))
@@ -306,31 +292,17 @@ def build(
     return Executable(folder, library, target, threads, stats)
 
 
-def _build_cuda(
-    graph: Graph,
-    target: Target,
-    opt_level: int,
-    input_shapes: Mapping[str, Sequence[int]] | None,
-    weights: str,
-    phase: _Phases,
-    tuned: Mapping[str, Mapping[str, Any]] | None,
-    print_ir_after: Sequence[str],
-    print_ir_after_all: bool,
-    verify_each: bool,
-    ir_out: TextIO | None,
-    dump_dir: Path | None,
-) -> CudaExecutable:
+def _build_cuda(graph: Graph, options: _Options, phase: _Phases) -> CudaExecutable:
     """``build`` for a CUDA target: GPU schedules, PTX per kernel, one artifact file."""
-    _check_options(opt_level, weights)
-    if weights != "embed":
+    target, opt_level = options.target, options.opt_level
+    if options.weights != "embed":
         raise KilnError("a CUDA artifact holds its weights: weights must be 'embed'")
-    static, plan, pass_rows = _plan(graph, target, opt_level, input_shapes, phase, tuned,
-                                    print_ir_after, print_ir_after_all, verify_each, ir_out)
+    static, plan, pass_rows = _plan(graph, options, phase)
     kernels, messages = phase("codegen", compile_kernels, plan.kernels, target, opt_level)
-    if dump_dir is not None:
+    if options.dump_dir is not None:
         from .codegen.nvptx.dump import write_gpu_dump
 
-        phase("dump", write_gpu_dump, plan, kernels, target, dump_dir, opt_level)
+        phase("dump", write_gpu_dump, plan, kernels, target, options.dump_dir, opt_level)
     inputs, outputs = _tensor_specs(plan, [v.name for v in static.inputs])
     artifact = phase("artifact", cuda_artifact, plan, kernels, messages, inputs, outputs,
                      target)
@@ -370,10 +342,10 @@ def build_bundle(
     if target.is_gpu:
         raise KilnError(f"a static bundle is CPU code; {target.name} builds a CUDA artifact "
                         "(build(..., target='cuda'))")
+    options = _Options(target, opt_level, input_shapes, weights, tuned, print_ir_after,
+                       print_ir_after_all, verify_each, ir_out, dump_dir)
     phase = _Phases(progress)
-    compiled = _compile(graph, target, opt_level, input_shapes, weights, phase, tuned,
-                        print_ir_after, print_ir_after_all, verify_each, ir_out, False,
-                        dump_dir)
+    compiled = _compile(graph, options, phase, False)
     if pass_stats is not None:
         pass_stats.extend(compiled.passes)
     inputs, outputs = compiled.tensors()

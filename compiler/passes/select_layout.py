@@ -117,7 +117,10 @@ def block_for(machine: Machine) -> int:
 def select_layout(graph: Graph, block: int | None = None,
                   machine: Machine = DEFAULT_MACHINE) -> Graph:
     """``graph`` running blocked where it can (the same object when nothing changes); the
-    block is ``block`` if given, else ``machine``'s."""
+    block is ``block`` if given, else ``machine``'s (none for a machine without blocked
+    layouts: the graph is returned as it is)."""
+    if block is None and not machine.blocked_layouts:
+        return graph
     walk = _Walk(graph, block_for(machine) if block is None else block)
     for node in graph.nodes:
         walk.visit(node)

@@ -117,6 +117,11 @@ def test_residual_block_stays_blocked_through_the_pool() -> None:
     assert shapes == [(1, 2, 1, 1, 8), (2, 2, 3, 3, 8, 8), (2, 2, 3, 3, 8, 8), (2, 8)]
 
 
+def test_a_machine_without_blocked_layouts_keeps_the_graph() -> None:
+    before = graph((1, 16, 6, 6), residual_block)
+    assert select_layout(before, machine=Machine(blocked_layouts=False)) is before
+
+
 def test_image_stem_reads_nchw_in_place() -> None:
     def body(b: GraphBuilder, x: Value) -> list[Value]:
         y = conv(b, x, 20, k=3, strides=[2, 1], dilations=[1, 2], pads=[1, 2, 0, 1])

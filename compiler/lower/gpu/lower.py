@@ -55,9 +55,10 @@ SCHEDULES[Op.FUSED] = lambda ctx: fused_gpu(ctx, SCHEDULES)
 
 def gpu_machine() -> Machine:
     """The ``Machine`` lowerings and passes see for the CUDA target: scalar (one f32 lane, so
-    no CPU vector schedules), caches of an SM (48 KiB shared memory / L1, 40 MiB L2)."""
+    no CPU vector schedules), caches of an SM (48 KiB shared memory / L1, 40 MiB L2), no
+    channel-blocked layouts (the GPU schedules tile plain NCHW)."""
     return Machine(vector_bits=32, vector_registers=16, l1_bytes=48 * 1024,
-                   l2_bytes=40 * 1024 * 1024)
+                   l2_bytes=40 * 1024 * 1024, blocked_layouts=False)
 
 
 def lower_graph_gpu(graph: Graph) -> LoweredGraph:
