@@ -46,11 +46,14 @@ from .codegen.target import Target
 from .errors import KilnError
 from .ir.graph import Graph
 from .lower.from_graph import lower_graph
+from .lower.kernel_ir import Buffer
 from .passes.pipeline import PassStats, optimize
 from .passes.specialize import specialize
 from .plan.plan import Plan, make_plan
 
 Progress = Callable[[str], None]
+# One axis of ``input_shapes``: an extent, None (symbolic), or (smallest, largest) bounds.
+InputExtent = int | None | tuple[int, int]
 
 
 @dataclass
@@ -177,10 +180,12 @@ class _Compiled:
 def _tensor_specs(plan: Plan, input_names: Sequence[str]
                   ) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """The (name, dtype, shape) of each input and output of ``plan``."""
+    def spec(name: str, buffer: Buffer) -> TensorSpec:
+        return name, buffer.dtype, tuple(d if isinstance(d, int) else -1 for d in buffer.shape)
+
     inputs = zip(input_names, plan.inputs, strict=True)
     outputs = zip(plan.output_names, plan.outputs, strict=True)
-    return ([(n, b.dtype, b.shape) for n, b in inputs],
-            [(n, b.dtype, b.shape) for n, b in outputs])
+    return [spec(n, b) for n, b in inputs], [spec(n, b) for n, b in outputs]
 
 
 @dataclass(frozen=True)
@@ -189,7 +194,7 @@ class _Options:
 
     target: Target
     opt_level: int
-    input_shapes: Mapping[str, Sequence[int]] | None
+    input_shapes: Mapping[str, Sequence[InputExtent]] | None
     weights: str
     tuned: Mapping[str, Mapping[str, Any]] | None
     print_ir_after: Sequence[str]
@@ -204,6 +209,41 @@ class _Options:
         if self.weights not in ("embed", "external"):
             raise KilnError(f"weights must be 'embed' or 'external', got {self.weights!r}")
 
+    def bound_shapes(self) -> dict[str, list[int | None]]:
+        """``input_shapes`` for ``specialize``: an extent given as bounds stays symbolic."""
+        return {name: [None if isinstance(d, tuple) or d is None else int(d) for d in shape]
+                for name, shape in (self.input_shapes or {}).items()}
+
+    def bounds(self, graph: Graph) -> dict[str, tuple[int, int]]:
+        """Symbol -> (smallest, largest) extent from the bounded axes of ``input_shapes``, read
+        against the specialized ``graph``'s input dims."""
+        found: dict[str, tuple[int, int]] = {}
+        types = {v.name: v.type for v in graph.inputs}
+        for name, shape in (self.input_shapes or {}).items():
+            for axis, extent in enumerate(shape):
+                if not isinstance(extent, tuple):
+                    continue
+                low, high = (int(e) for e in extent)
+                symbol = types[name].shape[axis]
+                if not 0 <= low <= high or not isinstance(symbol, str):
+                    raise KilnError(f"input {name!r} axis {axis}: bounds {low}..{high} need "
+                                    f"0 <= smallest <= largest on a symbolic axis")
+                if symbol in found and found[symbol] != (low, high):
+                    raise KilnError(f"symbol {symbol!r} has two bounds: {found[symbol]} and "
+                                    f"{(low, high)}")
+                found[symbol] = (low, high)
+        return found
+
+    def require_static(self, plan: Plan, what: str) -> None:
+        """Raise unless every extent of ``plan`` is known at compile time."""
+        if plan.is_static:
+            return
+        dynamic = [f"{b.name}[{','.join(str(d) if isinstance(d, int) else '?' for d in b.shape)}]"
+                   for b in plan.inputs if not b.is_static]
+        raise KilnError(f"{what} needs shapes known at compile time; inputs {dynamic or '-'} "
+                        "have extents known only at run time (give input_shapes / "
+                        "--input-shape NAME=D0,D1,...)")
+
 
 def _plan(graph: Graph, options: _Options, phase: _Phases) -> tuple[Graph, Plan, list[PassStats]]:
     """Specialize, optimize, lower (GPU schedules for a GPU target) and plan ``graph``: the
@@ -217,7 +257,8 @@ def _plan(graph: Graph, options: _Options, phase: _Phases) -> tuple[Graph, Plan,
     else:
         machine = target.machine().with_tuned(options.tuned or {})
         lower = functools.partial(lower_graph, machine=machine)
-    static = phase("specialize", specialize, graph, options.input_shapes)
+    static = phase("specialize", specialize, graph, options.bound_shapes())
+    bounds = options.bounds(static)
     pass_rows: list[PassStats] = []
     optimized = phase("optimize", lambda: optimize(
         static, opt_level, print_after=options.print_ir_after,
@@ -225,7 +266,9 @@ def _plan(graph: Graph, options: _Options, phase: _Phases) -> tuple[Graph, Plan,
         stats=pass_rows, out=options.ir_out, machine=machine,
     ))
     lowered = phase("lower", lower, optimized)
-    plan: Plan = phase("plan", make_plan, lowered)
+    plan: Plan = phase("plan", make_plan, lowered, bounds)
+    if target.is_gpu:
+        options.require_static(plan, "a CUDA artifact")
     return static, plan, pass_rows
 
 
@@ -250,7 +293,7 @@ def build(
     target: str | Target = "host",
     opt_level: int = 2,
     threads: int | None = None,
-    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    input_shapes: Mapping[str, Sequence[InputExtent]] | None = None,
     weights: str = "embed",
     progress: Progress | None = None,
     *,
@@ -262,8 +305,11 @@ def build(
     profile: bool = False,
     dump_dir: Path | None = None,
 ) -> Executable | CudaExecutable:
-    """Compile ``graph`` for ``target``; symbolic input dims must be bound by ``input_shapes``.
-    ``opt_level`` picks the optimizer's passes (and LLVM's level); ``print_ir_after`` /
+    """Compile ``graph`` for ``target``. ``input_shapes`` binds input extents by input name:
+    per axis an int, or None (stays symbolic), or ``(smallest, largest)``: symbolic with bounds,
+    which size the arena up front and are checked at run time. A symbolic extent left free
+    compiles to code that reads it from the input shapes at run time (one library for every
+    batch size). ``opt_level`` picks the optimizer's passes (and LLVM's level); ``print_ir_after`` /
     ``print_ir_after_all`` print the IR after those passes to ``ir_out`` (default stderr);
     ``verify_each`` verifies the IR after every pass. ``tuned`` maps kernel signatures to
     schedule parameters that override the cost model's choice (what ``kiln tune`` measured:
@@ -318,7 +364,7 @@ def build_bundle(
     output: str | Path,
     target: str | Target = "host",
     opt_level: int = 2,
-    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    input_shapes: Mapping[str, Sequence[InputExtent]] | None = None,
     weights: str = "external",
     *,
     tuned: Mapping[str, Mapping[str, Any]] | None = None,
@@ -346,6 +392,7 @@ def build_bundle(
                        print_ir_after_all, verify_each, ir_out, dump_dir)
     phase = _Phases(progress)
     compiled = _compile(graph, options, phase, False)
+    options.require_static(compiled.plan, "a static bundle")
     if pass_stats is not None:
         pass_stats.extend(compiled.passes)
     inputs, outputs = compiled.tensors()

@@ -11,11 +11,13 @@ import enum
 
 import numpy as np
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 # Libraries of older ABI versions this runtime still opens: version 1 lacks only the profiling
-# functions (kiln_profile_*), so such a library loads and reports profiling disabled.
+# functions (kiln_profile_*), so such a library loads and reports profiling disabled; version 2
+# lacks only the functions of run-time extents (a library of either is static).
 OLDEST_ABI_VERSION = 1
 PROFILING_ABI_VERSION = 2
+SHAPED_ABI_VERSION = 3
 
 
 class Status(enum.IntEnum):
@@ -29,6 +31,7 @@ class Status(enum.IntEnum):
     BUSY = 5
     RUNTIME = 6
     NOT_PROFILED = 7
+    SHAPE = 8
 
 
 # ``kiln_dtype`` codes keyed by the IR's dtype spelling (``DType.value`` in the compiler).
@@ -70,11 +73,13 @@ PROFILE_SYMBOLS: tuple[str, ...] = (
     "kiln_profile_counters", "kiln_profile_run_stats", "kiln_profile_reset",
     "kiln_profile_trace",
 )
+# The functions of run-time extents (ABI version 3); a static library has them too.
+SHAPED_SYMBOLS: tuple[str, ...] = ("kiln_infer_shapes", "kiln_run_shaped", "kiln_output")
 # The functions a model library exports; everything else is hidden at link time.
 EXPORTED_SYMBOLS: tuple[str, ...] = (
     "kiln_abi_version", "kiln_num_inputs", "kiln_num_outputs", "kiln_input_info",
     "kiln_output_info", "kiln_create", "kiln_destroy", "kiln_run", "kiln_last_error",
-    *PROFILE_SYMBOLS,
+    *PROFILE_SYMBOLS, *SHAPED_SYMBOLS,
 )
 # kiln_kernel_info.source_ops joins the node names with this.
 SOURCE_OPS_SEPARATOR = ","
@@ -89,6 +94,11 @@ REPORT_ERROR_SYMBOL = "kiln__report_error"
 FAILED_SYMBOL = "kiln__failed"
 PROFILE_BEGIN_SYMBOL = "kiln__profile_begin"
 PROFILE_END_SYMBOL = "kiln__profile_end"
+ARENA_SYMBOL = "kiln__arena"
+DYNAMIC_SYMBOL = "kiln__dynamic"
+# kiln__bind's failure codes (kiln_internal.h): an input extent differs from the one the
+# model (or the other inputs) fix, or a bounded symbol is out of its bounds.
+BIND_FAILURES: dict[str, int] = {"extent": 1, "bounds": 2}
 
 # External weights file: 64-byte header (magic, u64 byte count, u64 FNV-1a 64 checksum of the
 # bytes, zero padding; little-endian), then the bytes. Offsets inside the blob are multiples of

@@ -74,6 +74,16 @@ _PROFILE_PROTOTYPES: dict[str, tuple[object, list[object]]] = {
 }
 
 
+_I64PP = ctypes.POINTER(_I64P)
+_SHAPED_PROTOTYPES: dict[str, tuple[object, list[object]]] = {
+    "kiln_infer_shapes": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p]),
+    "kiln_run_shaped": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                       ctypes.c_void_p]),
+    "kiln_output": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int32,
+                                   ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(_I64P)]),
+}
+
+
 class NativeLibrary:
     """The C ABI of one model library."""
 
@@ -98,6 +108,8 @@ class NativeLibrary:
             self.profiling = self._dll.kiln_profile_enabled() == 1
             self._kernels = [self._kernel_info(i)
                              for i in range(self._dll.kiln_profile_num_kernels())]
+        if version >= abi.SHAPED_ABI_VERSION:
+            self._bind(_SHAPED_PROTOTYPES)
 
     def _bind(self, prototypes: dict[str, tuple[object, list[object]]]) -> None:
         for name, (restype, argtypes) in prototypes.items():
@@ -139,7 +151,8 @@ class NativeLibrary:
             if info.dtype not in abi.DTYPE_NAMES:
                 raise KilnRuntimeError(f"{self.path}: tensor {info.name!r} has unknown dtype "
                                        f"code {info.dtype}")
-            shape = tuple(int(info.shape[d]) for d in range(info.rank))
+            shape = tuple(None if info.shape[d] < 0 else int(info.shape[d])
+                          for d in range(info.rank))
             tensors.append(TensorInfo(info.name.decode("utf-8"), dtype_of(info.dtype), shape))
         return tensors
 
@@ -155,6 +168,26 @@ class NativeLibrary:
 
     def run(self, handle: ctypes.c_void_p, inputs: ctypes.Array, outputs: ctypes.Array) -> None:
         self._check(self._dll.kiln_run(handle, inputs, outputs), "running the model")
+
+    def run_shaped(self, handle: ctypes.c_void_p, inputs: ctypes.Array, shapes: ctypes.Array,
+                   outputs: ctypes.Array) -> None:
+        self._check(self._dll.kiln_run_shaped(handle, inputs, shapes, outputs),
+                    "running the model")
+
+    def output(self, handle: ctypes.c_void_p, index: int, rank: int) -> tuple[int, tuple[int, ...]]:
+        """Where output ``index`` of the last run is, and its shape."""
+        data, shape = ctypes.c_void_p(), _I64P()
+        self._check(self._dll.kiln_output(handle, index, ctypes.byref(data), ctypes.byref(shape)),
+                    "reading an output")
+        return data.value or 0, tuple(int(shape[d]) for d in range(rank))
+
+    def infer_shapes(self, shapes: ctypes.Array, ranks: list[int]) -> list[tuple[int | None, ...]]:
+        rows = [(ctypes.c_int64 * max(rank, 1))() for rank in ranks]
+        pointers = (ctypes.c_void_p * max(len(rows), 1))(
+            *[ctypes.addressof(row) for row in rows])
+        self._check(self._dll.kiln_infer_shapes(shapes, pointers), "inferring the output shapes")
+        return [tuple(None if row[d] < 0 else int(row[d]) for d in range(rank))
+                for row, rank in zip(rows, ranks, strict=True)]
 
     def _kernel_info(self, index: int) -> KernelInfo:
         info = _KernelInfoStruct()

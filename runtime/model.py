@@ -7,9 +7,13 @@ per-instance queries raise ``KilnRuntimeError`` with status ``NOT_PROFILED``.
 
 ``Model.run`` checks inputs against the model's signature before any native code sees them:
 a missing or unexpected name, a wrong dtype or a wrong shape raises ``KilnRuntimeError``
-naming what was expected and what was given. bf16 tensors are ``ml_dtypes.bfloat16`` arrays
-when the process has already imported ml_dtypes (the runtime never imports it itself), and
-otherwise their raw bits as uint16 arrays; either form is accepted as input.
+naming what was expected and what was given. A model compiled with extents known only at run
+time (``None`` in ``TensorInfo.shape``: a free batch or sequence axis) takes inputs of any
+extents there; the native side checks them (repeated symbols, bounds) and computes the outputs'
+shapes, ``infer_shapes`` tells them before running where they do not depend on values.
+bf16 tensors are ``ml_dtypes.bfloat16`` arrays when the process has already imported ml_dtypes
+(the runtime never imports it itself), and otherwise their raw bits as uint16 arrays; either
+form is accepted as input.
 """
 
 from __future__ import annotations
@@ -43,14 +47,21 @@ class TensorInfo:
 
     name: str
     dtype: np.dtype
-    shape: tuple[int, ...]
+    shape: tuple[int | None, ...]  # None: an extent known only at run time
+
+    @property
+    def is_static(self) -> bool:
+        return None not in self.shape
 
     @property
     def nbytes(self) -> int:
+        if not self.is_static:
+            raise ValueError(f"{self.name} has extents known only at run time")
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
     def __str__(self) -> str:
-        return f"{self.name}: {self.dtype}[{','.join(map(str, self.shape))}]"
+        dims = ",".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name}: {self.dtype}[{dims}]"
 
 
 def bf16_dtype() -> np.dtype:
@@ -98,6 +109,8 @@ class Model:
         self._in_ptrs = ctypes.c_void_p * max(len(self.inputs), 1)
         self._out_ptrs = ctypes.c_void_p * max(len(self.outputs), 1)
         self._exact = [(info.name, np.dtype(info.dtype), info.shape) for info in self.inputs]
+        self.is_static = all(info.is_static for info in self.inputs + self.outputs)
+        self._shape_ptrs = ctypes.POINTER(ctypes.c_int64) * max(len(self.inputs), 1)
         self._handle = library.create(threads, weights_path)
 
     def __repr__(self) -> str:
@@ -151,6 +164,8 @@ class Model:
     def run(self, inputs: Mapping[str, Any]) -> list[np.ndarray]:
         """Run the model on ``{input name: array}``; returns fresh arrays, one per output."""
         handle = self._open_handle()
+        if not self.is_static:
+            return self._run_shaped(handle, self._check_inputs(inputs))
         arrays = self._exact_inputs(inputs)
         if arrays is None:
             arrays = self._check_inputs(inputs)
@@ -161,6 +176,40 @@ class Model:
         out_ptrs = self._out_ptrs(*map(_address, outputs))
         self._library.run(handle, in_ptrs, out_ptrs)
         return outputs
+
+    def infer_shapes(self, shapes: Mapping[str, Any]) -> list[tuple[int | None, ...]]:
+        """The output shapes that ``{input name: shape}`` implies, without running; None for
+        an extent that depends on input values."""
+        given = {name: np.empty(tuple(shape), np.uint8) for name, shape in shapes.items()}
+        arrays = self._check_names(given)
+        self._check_ranks(arrays)
+        return self._library.infer_shapes(self._shapes_of(arrays),
+                                          [len(info.shape) for info in self.outputs])
+
+    def _shapes_of(self, arrays: list[np.ndarray]) -> ctypes.Array:
+        rows = [np.asarray(a.shape, np.int64) for a in arrays]
+        self._rows = rows  # kept alive for the call
+        return self._shape_ptrs(*[row.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))
+                                  for row in rows])
+
+    def _run_shaped(self, handle: ctypes.c_void_p, arrays: list[np.ndarray]
+                    ) -> list[np.ndarray]:
+        """A run of a model with run-time extents: static outputs go straight to fresh arrays,
+        the others are copied out of the instance after the run."""
+        outputs = [np.empty(info.shape, info.dtype) if info.is_static else None
+                   for info in self.outputs]
+        in_ptrs = self._in_ptrs(*map(_address, arrays))
+        out_ptrs = self._out_ptrs(*[None if out is None else _address(out) for out in outputs])
+        self._library.run_shaped(handle, in_ptrs, self._shapes_of(arrays), out_ptrs)
+        results = []
+        for index, (info, out) in enumerate(zip(self.outputs, outputs, strict=True)):
+            if out is None:
+                address, shape = self._library.output(handle, index, len(info.shape))
+                out = np.empty(shape, info.dtype)
+                if out.nbytes:
+                    ctypes.memmove(out.ctypes.data, address, out.nbytes)
+            results.append(out)
+        return results
 
     def _exact_inputs(self, inputs: Mapping[str, Any]) -> list[np.ndarray] | None:
         """The inputs as they are when each is a C-contiguous ndarray of the exact dtype and
@@ -177,6 +226,16 @@ class Model:
         return arrays
 
     def _check_inputs(self, inputs: Mapping[str, Any]) -> list[np.ndarray]:
+        arrays = self._check_names(inputs)
+        for index, (info, code) in enumerate(zip(self.inputs, self._input_codes, strict=True)):
+            if not _accepts(info.dtype, code, arrays[index].dtype):
+                raise KilnRuntimeError(
+                    f"input '{info.name}': expected dtype {_expected_dtype(info, code)}, got "
+                    f"{arrays[index].dtype}")
+        self._check_ranks(arrays)
+        return [np.ascontiguousarray(a) for a in arrays]
+
+    def _check_names(self, inputs: Mapping[str, Any]) -> list[np.ndarray]:
         expected_names = [info.name for info in self.inputs]
         missing = [name for name in expected_names if name not in inputs]
         unexpected = sorted(str(name) for name in inputs if name not in expected_names)
@@ -188,18 +247,19 @@ class Model:
                 parts.append(f"unexpected {unexpected}")
             raise KilnRuntimeError(
                 f"wrong input names: {'; '.join(parts)}; the model takes {expected_names}")
-        arrays = []
-        for info, code in zip(self.inputs, self._input_codes, strict=True):
-            array = np.asarray(inputs[info.name])
-            if not _accepts(info.dtype, code, array.dtype):
+        return [np.asarray(inputs[name]) for name in expected_names]
+
+    def _check_ranks(self, arrays: list[np.ndarray]) -> None:
+        """Ranks and static extents (the native side checks the run-time ones)."""
+        for info, array in zip(self.inputs, arrays, strict=True):
+            if len(array.shape) != len(info.shape) or any(
+                    d is not None and d != n for d, n in zip(info.shape, array.shape,
+                                                             strict=True)):
+                expected = tuple("?" if d is None else d for d in info.shape)
                 raise KilnRuntimeError(
-                    f"input '{info.name}': expected dtype {_expected_dtype(info, code)}, got "
-                    f"{array.dtype}")
-            if array.shape != info.shape:
-                raise KilnRuntimeError(
-                    f"input '{info.name}': expected shape {info.shape}, got {array.shape}")
-            arrays.append(np.ascontiguousarray(array))
-        return arrays
+                    f"input '{info.name}': expected shape "
+                    f"({', '.join(map(str, expected))}{',' if len(expected) == 1 else ''}), "
+                    f"got {array.shape}")
 
 
 def _address(array: np.ndarray) -> int:

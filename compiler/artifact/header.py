@@ -79,7 +79,7 @@ def tensor_macros(kind: str, tensors: Sequence[TensorSpec], namespace: str = "KI
     identifiers = _unique_identifiers([name for name, _, _ in tensors])
     for index, ((name, dtype, shape), ident) in enumerate(zip(tensors, identifiers, strict=True)):
         code = dtype_code(dtype)
-        dims = [int(d) for d in shape]
+        dims = [int(d) for d in shape]  # -1: an extent known only at run time
         numel = prod(dims)
         prefix = f"{namespace}_{kind.upper()}_{ident}"
         shape_text = ", ".join(map(str, dims))
@@ -93,6 +93,9 @@ def tensor_macros(kind: str, tensors: Sequence[TensorSpec], namespace: str = "KI
         ]
         if dims:  # C has no empty initializer: scalars get no _SHAPE
             lines.append(f"#define {prefix}_SHAPE {{{shape_text}}}")
+        if -1 in dims:
+            lines.append(f"/* {prefix}_SHAPE has run-time extents (-1): kiln_infer_shapes */")
+            continue
         lines += [
             f"#define {prefix}_NUMEL {numel}LL",
             f"#define {prefix}_BYTES {numel * abi.itemsize(code)}LL",

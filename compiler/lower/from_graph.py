@@ -1,25 +1,42 @@
-"""Lowering a whole (specialized, fully static) graph to kernels, node by node.
+"""Lowering a whole (specialized) graph to kernels, node by node.
 
-``lower_graph`` checks that every value has a static type, gives each value a ``Buffer`` named
-after it, and calls each node's lowering. ``interpret_lowered`` runs the result with the
-kernel-IR interpreter: the backend-independent check of the lowerings in tests.
+``lower_graph`` gives each value a ``Buffer`` named after it and calls each node's lowering.
+Extents known only at run time become expressions over the run's ``DIMS`` slots (``DimTable``):
+an input's symbols are read from the input shapes before the plan runs; an extent that depends
+on values (``UNKNOWN``) gets a fresh slot that its producing node's lowering must define.
+``interpret_lowered`` runs the result with the kernel-IR interpreter: the backend-independent
+check of the lowerings in tests.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..errors import KilnError
+from ..errors import ExecutionError, KilnError
+from ..ir import symbolic
 from ..ir.graph import Graph, Node, Value
 from ..ir.op import Op
 from ..ir.schema import op_def
-from ..ir.types import DType
+from ..ir.types import UNKNOWN, Dim, DType
 from ..machine import DEFAULT_MACHINE, Machine
-from .interpret import run_kernel
-from .kernel_ir import Buffer, Kernel
+from .inline import accesses, walk
+from .interpret import concrete_shape, run_kernel
+from .kernel_ir import (
+    DIMS,
+    Buffer,
+    Const,
+    Expr,
+    Kernel,
+    Store,
+    as_index,
+    dim,
+    dim_slot,
+    extent_add,
+    extent_mul,
+)
 from .registry import LowerContext, LoweringError, lowering_for
 
 # Constants of at most this many elements are copied into the control-flow bodies that read
@@ -45,18 +62,109 @@ class LoweredGraph:
     constants: dict[str, np.ndarray]
     buffers: dict[str, Buffer]
     steps: tuple[LoweredNode, ...]
+    dims: DimTable
+
+    @property
+    def is_static(self) -> bool:
+        """No extent of the graph is known only at run time."""
+        return not self.dims.names
 
 
-def buffer_of(value: Value) -> Buffer:
-    if not value.type.is_static:
-        raise KilnError(f"value %{value.name} has a non-static type {value.type}")
-    return Buffer(value.name, value.type.dtype, tuple(int(d) for d in value.type.shape))
+@dataclass(frozen=True)
+class InputDim:
+    """Slot ``slot`` takes the extent of axis ``axis`` of input ``input`` before the run."""
+
+    input: int
+    axis: int
+    slot: int
 
 
-def lower_graph(graph: Graph, machine: Machine = DEFAULT_MACHINE) -> LoweredGraph:
-    """Lower every node of a static graph for ``machine``; raises naming the first node that
-    cannot be."""
-    buffers: dict[str, Buffer] = {v.name: buffer_of(v) for v in graph.inputs}
+@dataclass(frozen=True)
+class InputCheck:
+    """Axis ``axis`` of input ``input`` must equal ``extent`` (evaluated after the input dims
+    are read)."""
+
+    input: int
+    axis: int
+    extent: Expr
+
+
+class DimTable:
+    """The run's ``DIMS`` slots: one per input symbol, one per extent that depends on values.
+    Nested bodies of control flow share their node's table (slots are unique in the run)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []  # slot -> what it holds, for messages
+        self.symbols: dict[str, int] = {}
+        self.input_dims: list[InputDim] = []
+        self.input_checks: list[InputCheck] = []
+        self._extents: dict[Dim, Expr] = {}
+
+    def new_slot(self, name: str) -> Expr:
+        self.names.append(name)
+        return dim(len(self.names) - 1)
+
+    def bind_inputs(self, inputs: Sequence[Value]) -> None:
+        """Slots for the symbols of the graph inputs, read from the input shapes; checks for
+        every other symbolic input extent (a repeated symbol, a polynomial)."""
+        pending: list[tuple[int, int, Dim]] = []
+        for index, value in enumerate(inputs):
+            for axis, extent in enumerate(value.type.shape):
+                if isinstance(extent, int):
+                    continue
+                if extent == UNKNOWN:
+                    extent = symbolic.atom_name(f"{value.name}_{axis}")
+                if (symbolic.poly(extent) == {(extent,): 1} and extent not in self.symbols):
+                    self.symbols[extent] = dim_slot(self.new_slot(extent))  # type: ignore[assignment]
+                    self.input_dims.append(InputDim(index, axis, self.symbols[extent]))
+                else:
+                    pending.append((index, axis, extent))
+        for index, axis, extent in pending:
+            self.input_checks.append(InputCheck(index, axis, as_index(self.extent(extent))))
+
+    def extent(self, extent: Dim) -> int | Expr:
+        """The kernel IR extent of a static or symbolic dim."""
+        if isinstance(extent, int):
+            return extent
+        if extent not in self._extents:
+            terms = symbolic.poly(extent)
+            if terms is None:
+                raise KilnError(f"extent {extent!r} has no value before the run")
+            total: int | Expr = 0
+            for monomial, coefficient in sorted(terms.items()):
+                term: int | Expr = coefficient
+                for atom in monomial:
+                    if atom not in self.symbols:
+                        raise KilnError(
+                            f"extent {extent!r} uses the symbol {atom!r}, which no input shape "
+                            "determines"
+                        )
+                    term = extent_mul(term, dim(self.symbols[atom]))
+                total = extent_add(total, term)
+            self._extents[extent] = as_index(total)
+        return self._extents[extent]
+
+    def buffer(self, value: Value) -> tuple[Buffer, list[Expr]]:
+        """The buffer of ``value`` and the fresh slots of its value-dependent extents."""
+        fresh: list[Expr] = []
+        shape: list[int | Expr] = []
+        for axis, extent in enumerate(value.type.shape):
+            if extent == UNKNOWN:
+                fresh.append(self.new_slot(f"%{value.name} axis {axis}"))
+                shape.append(fresh[-1])
+            else:
+                shape.append(self.extent(extent))
+        return Buffer(value.name, value.type.dtype, tuple(shape)), fresh
+
+
+def lower_graph(graph: Graph, machine: Machine = DEFAULT_MACHINE,
+                dims: DimTable | None = None) -> LoweredGraph:
+    """Lower every node of ``graph`` for ``machine``; raises naming the first node that
+    cannot be. ``dims``: the table of an enclosing graph (a control-flow body)."""
+    table = DimTable() if dims is None else dims
+    if dims is None:
+        table.bind_inputs(graph.inputs)
+    buffers: dict[str, Buffer] = {v.name: table.buffer(v)[0] for v in graph.inputs}
     constants: dict[str, np.ndarray] = {}
     constant_nodes: dict[str, Node] = {}
     steps: list[LoweredNode] = []
@@ -64,25 +172,20 @@ def lower_graph(graph: Graph, machine: Machine = DEFAULT_MACHINE) -> LoweredGrap
         if node.op is Op.CONSTANT:
             out = node.outputs[0]
             assert out is not None
-            buffers[out.name] = buffer_of(out)
+            buffers[out.name] = table.buffer(out)[0]
             constants[out.name] = np.asarray(node.attrs["value"], order="C")
             if constants[out.name].size <= BODY_CONSTANT_ELEMENTS:
                 constant_nodes[out.name] = node
             continue
         node = _with_body_constants(node, constant_nodes)
-        for value in node.outputs:
-            if value is not None and not value.type.is_static:
-                raise LoweringError(
-                    f"{node.describe()}: output %{value.name} has shape "
-                    f"[{','.join(map(str, value.type.shape))}], which depends on input values "
-                    "known only at run time; dynamic shapes are not supported yet"
-                )
         fn = lowering_for(node.op)
         if fn is None:
             raise LoweringError(f"{node.describe()}: no lowering for op {node.op.value}")
+        undefined: list[Expr] = []
         for value in node.outputs:
             if value is not None:
-                buffers[value.name] = buffer_of(value)
+                buffers[value.name], fresh = table.buffer(value)
+                undefined.extend(fresh)
         ctx = LowerContext(
             node,
             op_def(node.op).with_defaults(node.attrs),
@@ -91,8 +194,19 @@ def lower_graph(graph: Graph, machine: Machine = DEFAULT_MACHINE) -> LoweredGrap
             [None if v is None else constants.get(v.name) for v in node.inputs],
             f"k{index}_{node.op.value}",
             machine,
+            tuple(undefined),
+            table,
         )
-        kernels = fn(ctx)
+        try:
+            kernels = [with_dims_param(k) for k in fn(ctx)]
+        except TypeError as error:  # a branch on a run-time extent (Expr.__bool__)
+            if all(b is None or b.is_static for b in ctx.inputs + ctx.outputs):
+                raise
+            raise LoweringError(
+                f"{node.describe()}: this lowering of {node.op.value} needs extents known at "
+                f"compile time, and some are known only at run time ({error})"
+            ) from error
+        _check_defined(node, undefined, kernels, table)
         for name, data in ctx.derived.items():
             constants[name] = data
             buffers[name] = Buffer(name, DType.from_numpy(data.dtype), tuple(data.shape))
@@ -103,7 +217,38 @@ def lower_graph(graph: Graph, machine: Machine = DEFAULT_MACHINE) -> LoweredGrap
         constants,
         buffers,
         tuple(steps),
+        table,
     )
+
+
+def defined_slots(kernel: Kernel) -> set[int]:
+    """The ``DIMS`` slots ``kernel`` stores to."""
+    return {int(node.indices[0].value) for node in walk(kernel.body)
+            if isinstance(node, Store) and node.buffer == DIMS
+            and isinstance(node.indices[0], Const)}
+
+
+def _check_defined(node: Node, undefined: Sequence[Expr], kernels: Sequence[Kernel],
+                   table: DimTable) -> None:
+    defined = set().union(*(defined_slots(k) for k in kernels))
+    for extent in undefined:
+        slot = dim_slot(extent)
+        if slot not in defined:
+            raise LoweringError(
+                f"{node.describe()}: the extent of {table.names[slot]} depends on values known "
+                f"only at run time, and the lowering of {node.op.value} does not compute it"
+            )
+
+
+def with_dims_param(kernel: Kernel) -> Kernel:
+    """``kernel`` with ``DIMS`` among its inputs when its body or its buffers' extents use it."""
+    if DIMS in kernel.params:
+        return kernel
+    uses = any(not b.is_static or b.strides is not None and not all(
+        isinstance(s, int) for s in b.strides) for b in kernel.params)
+    if uses or any(accesses(kernel.body, DIMS.name)):
+        return replace(kernel, inputs=(*kernel.inputs, DIMS))
+    return kernel
 
 
 def _with_body_constants(node: Node, constant_nodes: Mapping[str, Node]) -> Node:
@@ -127,8 +272,26 @@ def interpret_lowered(lowered: LoweredGraph, inputs: Mapping[str, np.ndarray]) -
     """Run the lowered kernels with the scalar interpreter (small graphs only)."""
     memory: dict[str, np.ndarray] = dict(lowered.constants)
     memory.update({k: np.asarray(v) for k, v in inputs.items()})
+    memory[DIMS.name] = read_input_dims(lowered.dims, [memory[b.name] for b in lowered.inputs])
     for step in lowered.steps:
         for kernel in step.kernels:
             params = {b.name: memory[b.name] for b in kernel.params if b.name in memory}
             memory.update(run_kernel(kernel, params))
     return [memory[b.name] for b in lowered.outputs]
+
+
+def read_input_dims(table: DimTable, inputs: Sequence[np.ndarray]) -> np.ndarray:
+    """The ``DIMS`` array at the start of a run on ``inputs``; raises ExecutionError when an
+    input extent contradicts another or a symbolic extent."""
+    values = np.zeros(DIMS.shape[0], np.int64)  # type: ignore[arg-type]
+    for bound in table.input_dims:
+        values[bound.slot] = inputs[bound.input].shape[bound.axis]
+    for check in table.input_checks:
+        (expected,) = concrete_shape((check.extent,), values)
+        found = inputs[check.input].shape[check.axis]
+        if found != expected:
+            raise ExecutionError(
+                f"input {check.input} axis {check.axis} has extent {found}; the other inputs' "
+                f"shapes make it {expected}"
+            )
+    return values

@@ -141,7 +141,7 @@ def substitute_stores(body: Stmt, replace_store: StoreRewrite) -> Stmt:
     return Rewriter(on_store=replace_store).stmt(body)
 
 
-def walk(body: Stmt) -> Iterator[Stmt | Expr]:
+def walk(body: Stmt | Expr) -> Iterator[Stmt | Expr]:
     """Every statement and expression of ``body`` once (shared parts are visited once)."""
     stack: list[Stmt | Expr] = [body]
     seen: set[int] = set()

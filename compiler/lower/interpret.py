@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import ExecutionError
 from ..ir.types import DType
 from .kernel_ir import (
+    DIMS,
     Assign,
     Binary,
     Block,
@@ -52,31 +53,46 @@ from .kernel_ir import (
 
 
 def run_kernel(kernel: Kernel, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run ``kernel`` on arrays by buffer name; returns its outputs and scratch by name.
+    """Run ``kernel`` on arrays by buffer name; returns its outputs and scratch by name (and
+    ``DIMS``, which a kernel may write, when it is a parameter).
 
     Inputs must be given; outputs and scratch start from the given arrays when present (a node's
-    kernels share scratch), else from zeros. A ``Report`` executed by the kernel raises
-    ExecutionError with its message at the end."""
+    kernels share scratch), else from zeros. Run-time extents are read from ``arrays[DIMS]``. A
+    ``Report`` executed by the kernel raises ExecutionError with its message at the end."""
     memory: dict[str, np.ndarray] = {}
+    dims = arrays.get(DIMS.name)
     for buffer in kernel.params:
+        shape = concrete_shape(buffer.shape, dims)
         if buffer.name in arrays:
             data = np.asarray(arrays[buffer.name])
-            if data.shape != buffer.shape or data.dtype != buffer.dtype.numpy:
+            if buffer.name != DIMS.name and (
+                    data.shape != shape or data.dtype != buffer.dtype.numpy):
                 raise ExecutionError(
                     f"kernel {kernel.name}: buffer {buffer.name} wants {buffer.dtype.value}"
-                    f"{list(buffer.shape)}, got {data.dtype}{list(data.shape)}"
+                    f"{list(shape)}, got {data.dtype}{list(data.shape)}"
                 )
             memory[buffer.name] = data.copy()
         elif buffer in kernel.inputs:
             raise ExecutionError(f"kernel {kernel.name}: input buffer {buffer.name} not given")
         else:
-            memory[buffer.name] = np.zeros(buffer.shape, buffer.dtype.numpy)
+            memory[buffer.name] = np.zeros(shape, buffer.dtype.numpy)
     interpreter = _Interpreter(memory, kernel.shared + kernel.thread_local,
                                {b.name for b in kernel.thread_local})
     interpreter.stmt(kernel.body, {})
     if interpreter.reported:
         raise ExecutionError(f"kernel {kernel.name}: {interpreter.reported[0]}")
-    return {b.name: memory[b.name] for b in kernel.outputs + kernel.scratch}
+    written = kernel.outputs + kernel.scratch + tuple(b for b in kernel.inputs if b == DIMS)
+    return {b.name: memory[b.name] for b in written}
+
+
+def concrete_shape(shape: tuple[int | Expr, ...], dims: np.ndarray | None) -> tuple[int, ...]:
+    """``shape`` with its run-time extents evaluated from the run's ``dims`` array."""
+    if all(isinstance(d, int) for d in shape):
+        return shape  # type: ignore[return-value]
+    if dims is None:
+        raise ExecutionError(f"shape {list(shape)} has run-time extents but no dims were given")
+    evaluator = _Interpreter({DIMS.name: dims})
+    return tuple(d if isinstance(d, int) else int(evaluator.expr(d, {})) for d in shape)
 
 
 def scalar(value: object, dtype: DType) -> np.generic:
@@ -301,7 +317,13 @@ class _Interpreter:
     def array(self, buffer: Buffer) -> np.ndarray:
         """The memory of ``buffer``, viewed in the shape the access uses (a flat view)."""
         data = self.memory[buffer.name]
-        return data if data.shape == buffer.shape else data.reshape(buffer.shape)
+        shape = self.shape(buffer)
+        return data if data.shape == shape else data.reshape(shape)
+
+    def shape(self, buffer: Buffer) -> tuple[int, ...]:
+        if buffer.is_static:
+            return buffer.shape  # type: ignore[return-value]
+        return tuple(d if isinstance(d, int) else int(self.expr(d, {})) for d in buffer.shape)
 
     def matmul_tile(self, tile: MatmulTile, env: dict[str, np.generic]) -> None:
         """The tile by numpy on gathered operands (bounds-checked like every access)."""
@@ -339,7 +361,7 @@ class _Interpreter:
 
     def position(self, buffer: Buffer, indices: tuple[Expr, ...], env: dict) -> tuple[int, ...]:  # type: ignore[type-arg]
         position = tuple(int(self.expr(i, env)) for i in indices)
-        for axis, (index, extent) in enumerate(zip(position, buffer.shape, strict=True)):
+        for axis, (index, extent) in enumerate(zip(position, self.shape(buffer), strict=True)):
             if not 0 <= index < extent:
                 raise ExecutionError(
                     f"index {index} out of bounds for axis {axis} of {buffer.name}"

@@ -52,6 +52,7 @@ execution. Shared and thread-local arrays start undefined in each block.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,33 +83,42 @@ class LoopKind(enum.Enum):
 
 @dataclass(frozen=True)
 class Buffer:
-    """A kernel operand: element type, static shape; row-major unless ``strides`` is given."""
+    """A kernel operand: element type, shape; row-major unless ``strides`` is given.
+
+    An extent is an ``int`` or, for a shape known only at run time, an i64 ``Expr`` of the
+    run's dims (loads of ``DIMS``); strides, ``numel`` and ``nbytes`` are then expressions too.
+    """
 
     name: str
     dtype: DType
-    shape: tuple[int, ...]
-    strides: tuple[int, ...] | None = None
+    shape: tuple[int | Expr, ...]
+    strides: tuple[int | Expr, ...] | None = None
 
     @property
-    def element_strides(self) -> tuple[int, ...]:
+    def is_static(self) -> bool:
+        return all(isinstance(d, int) for d in self.shape)
+
+    @property
+    def element_strides(self) -> tuple[int | Expr, ...]:
         if self.strides is not None:
             return self.strides
-        strides, step = [], 1
+        strides: list[int | Expr] = []
+        step: int | Expr = 1
         for extent in reversed(self.shape):
             strides.append(step)
-            step *= extent
+            step = extent_mul(step, extent)
         return tuple(reversed(strides))
 
     @property
-    def numel(self) -> int:
-        n = 1
+    def numel(self) -> int | Expr:
+        n: int | Expr = 1
         for extent in self.shape:
-            n *= extent
+            n = extent_mul(n, extent)
         return n
 
     @property
-    def nbytes(self) -> int:
-        return self.numel * self.dtype.itemsize
+    def nbytes(self) -> int | Expr:
+        return extent_mul(self.numel, self.dtype.itemsize)
 
     def load(self, *indices: ExprLike) -> Load:
         if len(indices) != len(self.shape):
@@ -121,10 +131,42 @@ class Buffer:
         return Store(self, tuple(as_index(i) for i in indices), as_expr(value, self.dtype))
 
 
+def extent_mul(a: int | Expr, b: int | Expr) -> int | Expr:
+    """``a * b`` for static or run-time extents, folding the static cases."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a * b
+    if isinstance(a, int) and a in (0, 1):
+        return b if a == 1 else 0
+    if isinstance(b, int) and b in (0, 1):
+        return a if b == 1 else 0
+    return as_index(a) * b if isinstance(a, int) else a * b
+
+
+def extent_add(a: int | Expr, b: int | Expr) -> int | Expr:
+    """``a + b`` for static or run-time extents, folding the static cases."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a + b
+    if isinstance(a, int) and a == 0:
+        return b
+    if isinstance(b, int) and b == 0:
+        return a
+    return as_index(a) + b if isinstance(a, int) else a + b
+
+
+def is_static(extent: int | Expr) -> bool:
+    return isinstance(extent, int)
+
+
 class Expr:
     """Base of expressions; subclasses define ``dtype``. Operators build new expressions."""
 
     dtype: DType
+
+    def __bool__(self) -> bool:
+        # ``if extent > 8`` on a run-time extent builds a Compare, which would otherwise be
+        # truthy: a lowering that branches on an extent must not silently take one branch.
+        raise TypeError(f"an expression ({type(self).__name__}) has no truth value at compile "
+                        "time; compare extents only when they are static")
 
     def _bin(self, op: str, other: ExprLike, reverse: bool = False) -> Binary:
         other_expr = as_expr(other, self.dtype)
@@ -516,18 +558,15 @@ def operands(expr: Expr) -> tuple[Expr, ...]:
     return ()
 
 
-def unravel(flat: Expr, shape: Sequence[int]) -> list[Expr]:
+def unravel(flat: Expr, shape: Sequence[int | Expr]) -> list[Expr]:
     """Row-major coordinates of the flat index ``flat`` in ``shape``."""
     coords: list[Expr] = []
-    stride = 1
-    for extent in shape:
-        stride *= extent
-    for extent in shape:
-        stride //= max(extent, 1)
-        if extent == 1:
+    strides = Buffer("", DType.I64, tuple(shape)).element_strides
+    for extent, stride in zip(shape, strides, strict=True):
+        if isinstance(extent, int) and extent == 1:
             coords.append(Const(0, DType.I64))
             continue
-        part = flat if stride == 1 else flat // stride
+        part = flat if isinstance(stride, int) and stride == 1 else flat // stride
         # The first axis needs no remainder: the flat index is within the shape.
         coords.append(part if not coords else part % extent)
     return coords
@@ -611,7 +650,7 @@ def select(cond: Expr, a: ExprLike, b: ExprLike) -> Select:
 
 def loop_nest(
     names: Sequence[str],
-    extents: Sequence[int],
+    extents: Sequence[int | Expr],
     make_body: Callable[[list[Var]], Stmt],
     kind: LoopKind = LoopKind.SERIAL,
 ) -> Stmt:
@@ -619,5 +658,32 @@ def loop_nest(
     variables = [Var(n) for n in names]
     body: Stmt = make_body(variables)
     for var, extent in reversed(list(zip(variables, extents, strict=True))):
-        body = Loop(var, Const(int(extent), DType.I64), body, kind)
+        body = Loop(var, as_index(extent), body, kind)
     return body
+
+
+# The run's dims: extents known only at run time live in this i64 array, one slot each. Slots of
+# input extents are written before the plan runs; a lowering whose output extents depend on
+# values stores them (``define_dim``) in a kernel that runs before the output is written.
+DIMS = Buffer("kiln.dims", DType.I64, (1 << 16,))
+
+
+@functools.cache
+def dim(slot: int) -> Load:
+    """The run-time extent in slot ``slot`` of ``DIMS`` (one object per slot: expressions
+    compare by identity)."""
+    return DIMS.load(slot)
+
+
+def define_dim(extent: Expr, value: ExprLike) -> Store:
+    """The store setting the run-time extent ``extent`` (a ``dim``) to ``value``."""
+    if not (isinstance(extent, Load) and extent.buffer == DIMS):
+        raise ValueError(f"{extent} is not a run-time extent")
+    return Store(DIMS, extent.indices, as_index(value))
+
+
+def dim_slot(expr: Expr) -> int | None:
+    """The slot of ``expr`` if it is a plain ``dim`` load."""
+    if isinstance(expr, Load) and expr.buffer == DIMS and isinstance(expr.indices[0], Const):
+        return int(expr.indices[0].value)
+    return None

@@ -1,9 +1,11 @@
 """The table from op to lowering, and what a lowering sees of its node.
 
 A lowering is ``fn(ctx: LowerContext) -> list[Kernel]``: the kernels that together compute the
-node's outputs from its inputs, run in order. Every buffer has a static shape (symbols are bound
-before lowering). Scratch buffers shared by the node's kernels come from ``ctx.scratch``; the
-plan places them in the arena for the node's lifetime.
+node's outputs from its inputs, run in order. An extent known only at run time is an expression
+over the run's ``DIMS``; ``ctx.undefined_dims`` are the output extents that depend on values,
+which the lowering must store (``define_dim``) in a kernel that runs before any kernel taking
+that output as a parameter. Scratch buffers shared by the node's kernels come from
+``ctx.scratch``; the plan places them in the arena for the node's lifetime.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,7 +23,10 @@ from ..ir.op import Op
 from ..ir.types import DType
 from ..machine import DEFAULT_MACHINE, Machine
 from .inline import accesses
-from .kernel_ir import Buffer, Kernel, Stmt
+from .kernel_ir import Buffer, Expr, Kernel, Stmt
+
+if TYPE_CHECKING:
+    from .from_graph import DimTable
 
 Lowering = Callable[["LowerContext"], list[Kernel]]
 
@@ -74,6 +79,8 @@ class LowerContext:
         consts: Sequence[np.ndarray | None],
         name: str,
         machine: Machine = DEFAULT_MACHINE,
+        undefined_dims: tuple[Expr, ...] = (),
+        dims: DimTable | None = None,
     ) -> None:
         self.node = node
         self.op = node.op
@@ -83,6 +90,8 @@ class LowerContext:
         self.consts = list(consts)
         self.name = name
         self.machine = machine
+        self.undefined_dims = undefined_dims
+        self.dims = dims
         self.scratch_buffers: list[Buffer] = []
         # compile-time constants this node's lowering made (packed weights), by buffer name
         self.derived: dict[str, np.ndarray] = {}
@@ -112,10 +121,19 @@ class LowerContext:
     def fail(self, message: str) -> LoweringError:
         return LoweringError(f"{self.node.describe()}: {message}")
 
-    def scratch(self, hint: str, dtype: DType, shape: Sequence[int]) -> Buffer:
+    def require_static(self, *buffers: Buffer | None) -> None:
+        """Raise unless every extent of ``buffers`` is known at compile time."""
+        for buffer in buffers:
+            if buffer is not None and not buffer.is_static:
+                raise self.fail(
+                    f"the shape of %{buffer.name} is known only at run time, and this lowering "
+                    f"of {self.op.value} needs it at compile time"
+                )
+
+    def scratch(self, hint: str, dtype: DType, shape: Sequence[int | Expr]) -> Buffer:
         """A temporary buffer visible to every kernel of this node."""
         buffer = Buffer(f"{self.name}.{hint}.{len(self.scratch_buffers)}", dtype,
-                        tuple(int(d) for d in shape))
+                        tuple(d if isinstance(d, Expr) else int(d) for d in shape))
         self.scratch_buffers.append(buffer)
         return buffer
 

@@ -1,22 +1,48 @@
-"""The static execution plan: ordered kernel calls with every buffer placed in memory.
+"""The execution plan: ordered kernel calls with every buffer placed in memory.
 
-Every buffer a kernel touches lives in one of four places: a caller's input, a caller's output,
-the read-only weights blob (constants, packed at aligned offsets), or the activation arena
+Every buffer a kernel touches lives in one of these places: a caller's input, a caller's output,
+the read-only weights blob (constants, packed at aligned offsets), the activation arena
 (intermediates and scratch, placed by ``memory.place`` so that tensors share bytes only when
-their lifetimes are disjoint). A graph output that the kernels do not write directly (it is a
-graph input, a constant, or the same value as an earlier output) gets a copy kernel at the end.
+their lifetimes are disjoint), the run's ``DIMS`` array, or a buffer allocated during the run.
+A graph output that the kernels do not write directly (it is a graph input, a constant, or the
+same value as an earlier output) gets a copy kernel at the end.
+
+Extents known only at run time: a buffer whose size depends only on the input shapes stays in
+the arena at an offset computed when the run starts (``memory.place_symbolic``; the arena grows
+then if it must); one whose size depends on values computed by kernels (a NonZero count) is a
+*dynamic* buffer, allocated right before the first call that takes it, once those values exist.
+Outputs of run-time shape are dynamic buffers the caller reads after the run.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from ..artifact.weights import pack_weights
-from ..ir.types import DType
-from ..lower.from_graph import LoweredGraph
-from ..lower.kernel_ir import Block, Buffer, Const, If, Kernel, Loop, LoopKind, Report, Stmt, Var
-from .memory import Lifetime, place
+from ..errors import KilnError
+from ..lower.from_graph import DimTable, LoweredGraph, defined_slots, with_dims_param
+from ..lower.inline import walk
+from ..lower.interpret import concrete_shape
+from ..lower.kernel_ir import (
+    DIMS,
+    Block,
+    Buffer,
+    Expr,
+    If,
+    Kernel,
+    Loop,
+    LoopKind,
+    Report,
+    Stmt,
+    Var,
+    as_index,
+    dim_slot,
+)
+from .memory import Lifetime, align, place, place_symbolic
 
 
 class Place(enum.Enum):
@@ -24,14 +50,27 @@ class Place(enum.Enum):
     OUTPUT = "output"
     WEIGHT = "weight"
     ARENA = "arena"
+    DIMS = "dims"
+    DYNAMIC = "dynamic"
 
 
 @dataclass(frozen=True)
 class Location:
-    """Where a buffer lives: input/output slot index, or a byte offset into weights/arena."""
+    """Where a buffer lives: input/output slot index, a byte offset into weights/arena (an
+    expression of the run's dims when sizes are known only at run time), the dims array, or
+    the index of a dynamic buffer."""
 
     place: Place
-    at: int
+    at: int | Expr
+
+
+@dataclass(frozen=True)
+class DynamicBuffer:
+    """A buffer allocated during the run, before call ``first_call``, of ``nbytes`` bytes."""
+
+    name: str
+    nbytes: Expr
+    first_call: int
 
 
 @dataclass(frozen=True)
@@ -48,8 +87,17 @@ class Plan:
     output_names: tuple[str, ...]
     calls: tuple[Call, ...]
     weights: bytes
-    arena_bytes: int
+    arena_bytes: int  # allocated up front: exact when static, else at the bounds or minimal
     unshared_bytes: int  # the arena a planner without buffer reuse would need
+    dims: DimTable
+    arena_extent: Expr | None = None  # the arena's size for a run (None: arena_bytes)
+    dynamic: tuple[DynamicBuffer, ...] = ()
+    output_dynamic: tuple[int, ...] = ()  # per output: its dynamic buffer, or -1
+    bounds: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # symbol -> lo, hi
+
+    @property
+    def is_static(self) -> bool:
+        return not self.dims.names
 
     @property
     def kernels(self) -> tuple[Kernel, ...]:
@@ -61,9 +109,9 @@ def copy_kernel(name: str, source: Buffer, target: Buffer) -> Kernel:
     flat_source = Buffer(source.name, source.dtype, (source.numel,))
     flat_target = Buffer(target.name, target.dtype, (target.numel,))
     i = Var("i")
-    body = Loop(i, Const(source.numel, DType.I64), flat_target.store([i], flat_source.load(i)),
+    body = Loop(i, as_index(source.numel), flat_target.store([i], flat_source.load(i)),
                 LoopKind.VECTORIZE)
-    return Kernel(name, (flat_source,), (flat_target,), body)
+    return with_dims_param(Kernel(name, (flat_source,), (flat_target,), body))
 
 
 def contains_report(stmt: Stmt) -> bool:
@@ -80,11 +128,15 @@ def contains_report(stmt: Stmt) -> bool:
     return False
 
 
-def make_plan(lowered: LoweredGraph) -> Plan:
-    """Place every buffer of ``lowered`` and order its kernel calls."""
+def make_plan(lowered: LoweredGraph, bounds: Mapping[str, tuple[int, int]] | None = None
+              ) -> Plan:
+    """Place every buffer of ``lowered`` and order its kernel calls; ``bounds`` (symbol ->
+    smallest, largest extent) size the arena of a plan with run-time extents up front."""
+    bounds = dict(bounds or {})
     locations: dict[str, Location] = {
         b.name: Location(Place.INPUT, i) for i, b in enumerate(lowered.inputs)
     }
+    locations[DIMS.name] = Location(Place.DIMS, 0)
     # constants no kernel reads (weights a lowering re-laid into a derived constant) are dropped
     read = {b.name for step in lowered.steps for k in step.kernels for b in k.params}
     read.update(b.name for b in lowered.outputs)
@@ -99,36 +151,110 @@ def make_plan(lowered: LoweredGraph) -> Plan:
             produced.update(b.name for b in kernel.outputs)
     copies: list[Kernel] = []
     output_buffers: list[Buffer] = []
+    dynamic_outputs: dict[str, int] = {}  # buffer holding an output of run-time shape
     for index, buffer in enumerate(lowered.outputs):
         slot = Buffer(f"output.{index}", buffer.dtype, buffer.shape)
         output_buffers.append(slot)
         if buffer.name in produced and buffer.name not in locations:
-            locations[buffer.name] = Location(Place.OUTPUT, index)
+            target = buffer.name
         else:
-            locations[slot.name] = Location(Place.OUTPUT, index)
+            target = slot.name
             copies.append(copy_kernel(f"copy_output_{index}", buffer, slot))
+        if buffer.is_static:
+            locations[target] = Location(Place.OUTPUT, index)
+        else:
+            dynamic_outputs[target] = index
 
+    kernels = [k for step in lowered.steps for k in step.kernels] + copies
     lifetimes = _lifetimes(lowered, locations, copies)
-    arena = place(list(lifetimes.values()))
+    prologue = {slot.slot for slot in lowered.dims.input_dims}
+    _check_dims_defined(kernels, prologue, lowered.dims)
+    dynamic: list[DynamicBuffer] = []
+    for name, lifetime in sorted(lifetimes.items(), key=lambda item: item[1].first):
+        size = lifetime.size
+        if name in dynamic_outputs or (
+                not isinstance(size, int) and not dims_read(size) <= prologue):
+            first = next(i for i, k in enumerate(kernels) if name in {b.name for b in k.params})
+            locations[name] = Location(Place.DYNAMIC, len(dynamic))
+            dynamic.append(DynamicBuffer(name, as_index(size), first))
+            del lifetimes[name]
+    symbolic_sizes = [t for t in lifetimes.values() if not isinstance(t.size, int)]
+    arena_extent: Expr | None = None
+    if symbolic_sizes:
+        reference = _reference_dims(lowered.dims, bounds)
+        arena = place_symbolic(list(lifetimes.values()),
+                               lambda size: int(concrete_shape((size,), reference)[0]))
+        arena_extent = as_index(arena.arena_bytes)
+        arena_bytes = int(concrete_shape((arena_extent,), reference)[0])
+        unshared = sum(align(int(concrete_shape((as_index(t.size),), reference)[0]))
+                       for t in lifetimes.values())
+    else:
+        arena = place(list(lifetimes.values()))  # type: ignore[arg-type]
+        arena_bytes, unshared = arena.arena_bytes, arena.total_bytes  # type: ignore[assignment]
     for name, offset in arena.offsets.items():
         locations[name] = Location(Place.ARENA, offset)
 
-    kernels = [k for step in lowered.steps for k in step.kernels] + copies
     calls = tuple(
         Call(k, tuple(locations[b.name] for b in k.params), contains_report(k.body))
         for k in kernels
     )
+    output_dynamic = [-1] * len(lowered.outputs)
+    for name, index in dynamic_outputs.items():
+        output_dynamic[index] = int(locations[name].at)  # type: ignore[arg-type]
     return Plan(
         lowered.inputs, tuple(output_buffers), tuple(b.name for b in lowered.outputs), calls,
-        weights, arena.arena_bytes, arena.total_bytes,
+        weights, int(arena_bytes), int(unshared), lowered.dims, arena_extent, tuple(dynamic),
+        tuple(output_dynamic), bounds,
     )
+
+
+def _check_dims_defined(kernels: list[Kernel], prologue: set[int], table: DimTable) -> None:
+    """Raise unless every run-time extent a kernel uses is set before it runs (by the input
+    shapes, an earlier kernel, or the kernel itself): a lowering bug, caught at compile time
+    instead of reading an unset extent."""
+    defined = set(prologue)
+    for kernel in kernels:
+        own = defined_slots(kernel)
+        used: set[int] = set()
+        for buffer in kernel.params:
+            for extent in (*buffer.shape, *(buffer.strides or ())):
+                if not isinstance(extent, int):
+                    used |= dims_read(extent)
+        for node in walk(kernel.body):
+            slot = dim_slot(node) if isinstance(node, Expr) else None
+            if slot is not None:
+                used.add(slot)
+        missing = sorted(used - defined - own)
+        if missing:
+            raise KilnError(f"kernel {kernel.name} uses the run-time extent of "
+                            f"{table.names[missing[0]]} before any kernel sets it")
+        defined |= own
+
+
+def dims_read(expr: Expr) -> set[int]:
+    """The ``DIMS`` slots an extent expression reads."""
+    slots: set[int] = set()
+    for node in walk(expr):
+        slot = dim_slot(node)
+        if slot is not None:
+            slots.add(slot)
+    return slots
+
+
+def _reference_dims(table: DimTable, bounds: Mapping[str, tuple[int, int]]) -> np.ndarray:
+    """The dims at which a plan with run-time extents sizes its arena up front: each input
+    symbol at its upper bound when given, else 1 (the arena grows at run time)."""
+    values = np.ones(DIMS.shape[0], np.int64)  # type: ignore[arg-type]
+    for symbol, slot in table.symbols.items():
+        values[slot] = bounds[symbol][1] if symbol in bounds else 1
+    return values
 
 
 def _lifetimes(
     lowered: LoweredGraph, fixed: dict[str, Location], copies: list[Kernel]
 ) -> dict[str, Lifetime]:
     spans: dict[str, list[int]] = {}
-    sizes: dict[str, int] = {}
+    sizes: dict[str, int | Expr] = {}
     steps = [list(step.kernels) for step in lowered.steps] + [[k] for k in copies]
     for index, kernels in enumerate(steps):
         for kernel in kernels:

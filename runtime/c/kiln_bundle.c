@@ -202,7 +202,7 @@ KILN_BUNDLE_API kiln_status kiln_bundle_run(const void *weights, void *arena,
     }
     if (status != KILN_OK) return status;
     kiln_bundle_state state = {NULL};
-    int32_t code = kiln__model.run(&state, inputs, outputs, arena, blob);
+    int32_t code = kiln__model.run(&state, inputs, outputs, arena, blob, NULL);
     if (state.failure != NULL) return fail(KILN_ERROR_RUNTIME, what, state.failure);
     if (code != 0) {
         put_int(put_text(start_error(what), "the model failed with code "), code);

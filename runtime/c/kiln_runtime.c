@@ -6,6 +6,9 @@
  * (kiln__report_error / kiln__failed), the 64-byte aligned activation arena, loading of
  * external weights files, and in libraries compiled with profiling the per-kernel counters and
  * trace events (kiln__profile_begin / kiln__profile_end and the kiln_profile_* queries).
+ * Models with run-time extents also get the run's dims, an arena that grows when a run needs
+ * more (kiln__arena), buffers sized during the run (kiln__dynamic) and the shaped entry points
+ * (kiln_infer_shapes, kiln_run_shaped, kiln_output).
  *
  * Profiling state exists only when the descriptor carries profiling tables; without them the
  * runtime's only trace of the feature is a null-pointer test per run and per parallel chunk.
@@ -128,6 +131,13 @@ typedef struct kiln_profile_state {
 struct kiln_instance {
     int32_t num_threads;
     uint8_t *arena;
+    int64_t arena_bytes;
+    int64_t *dims;              /* the run's extents (num_dims slots) */
+    void **dynamic;             /* buffers allocated during runs (num_dynamic), kept */
+    int64_t *dynamic_bytes;
+    int64_t *output_shapes;     /* every output's extents after the last run, in order */
+    const void **output_data;   /* where each output of the last run is */
+    int has_run;                /* a run completed: kiln_output answers */
     uint8_t *owned_weights;     /* external weights, or NULL */
     const uint8_t *weights;
     atomic_int running;         /* busy detection */
@@ -480,7 +490,52 @@ KILN_API void kiln_destroy(kiln_instance *inst) {
     pthread_mutex_destroy(&inst->lock);
     free(inst->owned_weights);
     free(inst->arena);
+    for (int32_t i = 0; inst->dynamic != NULL && i < kiln__model.num_dynamic; i++) {
+        free(inst->dynamic[i]);
+    }
+    free(inst->dynamic);
+    free(inst->dynamic_bytes);
+    free(inst->dims);
+    free(inst->output_shapes);
+    free(inst->output_data);
     free(inst);
+}
+
+static void *aligned_block(int64_t bytes) {
+    void *block = NULL;
+    if (bytes < 64) bytes = 64;
+    if (posix_memalign(&block, 64, (size_t)bytes) != 0) return NULL;
+    return block;
+}
+
+uint8_t *kiln__arena(void *ctx, int64_t bytes) {
+    kiln_instance *inst = ctx;
+    if (bytes > inst->arena_bytes) {
+        uint8_t *grown = aligned_block(bytes);
+        if (grown == NULL) return NULL;
+        free(inst->arena);
+        inst->arena = grown;
+        inst->arena_bytes = bytes;
+    }
+    return inst->arena;
+}
+
+void *kiln__dynamic(void *ctx, int32_t index, int64_t bytes) {
+    kiln_instance *inst = ctx;
+    if (bytes > inst->dynamic_bytes[index] || inst->dynamic[index] == NULL) {
+        void *grown = aligned_block(bytes);
+        if (grown == NULL) return NULL;
+        free(inst->dynamic[index]);
+        inst->dynamic[index] = grown;
+        inst->dynamic_bytes[index] = bytes;
+    }
+    return inst->dynamic[index];
+}
+
+static int64_t output_rank_total(void) {
+    int64_t total = 0;
+    for (int32_t j = 0; j < kiln__model.num_outputs; j++) total += kiln__model.outputs[j].rank;
+    return total;
 }
 
 static int32_t online_cpus(void) {
@@ -529,6 +584,20 @@ KILN_API kiln_status kiln_create(int32_t num_threads, const char *weights_path,
                     (long long)arena_bytes);
     }
     inst->arena = arena;
+    inst->arena_bytes = arena_bytes;
+    int32_t slots = kiln__model.num_dims > 0 ? kiln__model.num_dims : 1;
+    int32_t dynamic = kiln__model.num_dynamic > 0 ? kiln__model.num_dynamic : 1;
+    int32_t outputs = kiln__model.num_outputs > 0 ? kiln__model.num_outputs : 1;
+    inst->dims = calloc((size_t)slots, sizeof *inst->dims);
+    inst->dynamic = calloc((size_t)dynamic, sizeof *inst->dynamic);
+    inst->dynamic_bytes = calloc((size_t)dynamic, sizeof *inst->dynamic_bytes);
+    inst->output_shapes = calloc((size_t)output_rank_total() + 1, sizeof *inst->output_shapes);
+    inst->output_data = calloc((size_t)outputs, sizeof *inst->output_data);
+    if (inst->dims == NULL || inst->dynamic == NULL || inst->dynamic_bytes == NULL ||
+        inst->output_shapes == NULL || inst->output_data == NULL) {
+        kiln_destroy(inst);
+        return fail(KILN_ERROR_OUT_OF_MEMORY, "kiln_create: out of memory");
+    }
 
     kiln_status status = KILN_OK;
     if (kiln__model.weights_external) {
@@ -549,19 +618,24 @@ KILN_API kiln_status kiln_create(int32_t num_threads, const char *weights_path,
     return KILN_OK;
 }
 
-static int has_elements(const kiln_tensor_info *info) {
-    for (int32_t d = 0; d < info->rank; d++) {
-        if (info->shape[d] == 0) return 0;
-    }
-    return 1;
+static int64_t dtype_bytes(int32_t code) {
+    static const int8_t bytes[] = {0, 2, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1};
+    return code > 0 && code < (int32_t)sizeof bytes ? bytes[code] : 0;
+}
+
+static int64_t element_count(const int64_t *shape, int32_t rank) {
+    int64_t count = 1;
+    for (int32_t d = 0; d < rank; d++) count *= shape[d];
+    return count;
 }
 
 static kiln_status check_buffers(const char *what, const kiln_tensor_info *table, int32_t count,
-                                 const void *const *buffers) {
+                                 const void *const *buffers, const int64_t *const *shapes) {
     if (count == 0) return KILN_OK;
     if (buffers == NULL) return fail(KILN_ERROR_INVALID_ARGUMENT, "kiln_run: %ss is NULL", what);
     for (int32_t i = 0; i < count; i++) {
-        if (buffers[i] == NULL && has_elements(&table[i])) {
+        const int64_t *shape = shapes != NULL ? shapes[i] : table[i].shape;
+        if (buffers[i] == NULL && element_count(shape, table[i].rank) != 0) {
             return fail(KILN_ERROR_INVALID_ARGUMENT, "kiln_run: %s %d ('%s') is NULL", what,
                         (int)i, table[i].name);
         }
@@ -569,34 +643,219 @@ static kiln_status check_buffers(const char *what, const kiln_tensor_info *table
     return KILN_OK;
 }
 
-KILN_API kiln_status kiln_run(kiln_instance *inst, const void *const *inputs,
-                              void *const *outputs) {
-    if (inst == NULL) return fail(KILN_ERROR_INVALID_ARGUMENT, "kiln_run: instance is NULL");
-    kiln_status status = check_buffers("input", kiln__model.inputs, kiln__model.num_inputs, inputs);
-    if (status == KILN_OK) {
-        status = check_buffers("output", kiln__model.outputs, kiln__model.num_outputs,
-                               (const void *const *)outputs);
-    }
-    if (status != KILN_OK) return status;
-    int idle = 0;
-    if (!atomic_compare_exchange_strong(&inst->running, &idle, 1)) {
-        return fail(KILN_ERROR_BUSY,
-                    "kiln_run: the instance is already running on another thread (use one "
-                    "instance per thread)");
-    }
+/* Run the plan on a held instance whose dims are bound. */
+static kiln_status run_plan(kiln_instance *inst, const void *const *inputs, void *const *outputs,
+                            const char *what) {
     atomic_store(&inst->failed, 0);
     atomic_store(&inst->failure_message, NULL);
+    inst->has_run = 0;
     int64_t begin = inst->profile != NULL ? now_ns() : 0;
-    int32_t code = kiln__model.run(inst, inputs, outputs, inst->arena, inst->weights);
+    int32_t code = kiln__model.run(inst, inputs, outputs, inst->arena, inst->weights, inst->dims);
     if (inst->profile != NULL) {
         inst->profile->runs += 1;
         inst->profile->run_ns += now_ns() - begin;
     }
     const char *message = atomic_load(&inst->failure_message);
-    if (message != NULL) {
-        status = fail(KILN_ERROR_RUNTIME, "kiln_run: %s", message);
-    } else if (code != 0) {
-        status = fail(KILN_ERROR_RUNTIME, "kiln_run: the model failed with code %d", (int)code);
+    if (message != NULL) return fail(KILN_ERROR_RUNTIME, "%s: %s", what, message);
+    if (code == 2) return fail(KILN_ERROR_OUT_OF_MEMORY, "%s: out of memory for the run", what);
+    if (code != 0) return fail(KILN_ERROR_RUNTIME, "%s: the model failed with code %d", what, (int)code);
+    inst->has_run = 1;
+    return KILN_OK;
+}
+
+static kiln_status take(kiln_instance *inst, const char *what) {
+    int idle = 0;
+    if (!atomic_compare_exchange_strong(&inst->running, &idle, 1)) {
+        return fail(KILN_ERROR_BUSY,
+                    "%s: the instance is already running on another thread (use one "
+                    "instance per thread)", what);
+    }
+    return KILN_OK;
+}
+
+KILN_API kiln_status kiln_run(kiln_instance *inst, const void *const *inputs,
+                              void *const *outputs) {
+    if (inst == NULL) return fail(KILN_ERROR_INVALID_ARGUMENT, "kiln_run: instance is NULL");
+    if (kiln__model.bind != NULL) {
+        return fail(KILN_ERROR_INVALID_ARGUMENT,
+                    "kiln_run: the model has extents known only at run time; run it with "
+                    "kiln_run_shaped");
+    }
+    kiln_status status = check_buffers("input", kiln__model.inputs, kiln__model.num_inputs,
+                                       inputs, NULL);
+    if (status == KILN_OK) {
+        status = check_buffers("output", kiln__model.outputs, kiln__model.num_outputs,
+                               (const void *const *)outputs, NULL);
+    }
+    if (status == KILN_OK) status = take(inst, "kiln_run");
+    if (status != KILN_OK) return status;
+    status = run_plan(inst, inputs, outputs, "kiln_run");
+    for (int32_t j = 0; status == KILN_OK && j < kiln__model.num_outputs; j++) {
+        inst->output_data[j] = outputs[j];
+    }
+    atomic_store(&inst->running, 0);
+    return status;
+}
+
+/* Bind input shapes into `dims` (static models: compare with the fixed shapes). */
+static kiln_status bind_shapes(const char *what, const int64_t *const *shapes, int64_t *dims) {
+    if (kiln__model.num_inputs > 0 && shapes == NULL) {
+        return fail(KILN_ERROR_INVALID_ARGUMENT, "%s: input_shapes is NULL", what);
+    }
+    for (int32_t i = 0; i < kiln__model.num_inputs; i++) {
+        if (shapes[i] == NULL && kiln__model.inputs[i].rank > 0) {
+            return fail(KILN_ERROR_INVALID_ARGUMENT, "%s: input_shapes[%d] ('%s') is NULL", what,
+                        (int)i, kiln__model.inputs[i].name);
+        }
+    }
+    int64_t info[5] = {0, 0, 0, 0, -1};
+    int32_t code = 0;
+    if (kiln__model.bind != NULL) {
+        code = kiln__model.bind(shapes, dims, info);
+    } else {
+        for (int32_t i = 0; code == 0 && i < kiln__model.num_inputs; i++) {
+            for (int32_t d = 0; d < kiln__model.inputs[i].rank; d++) {
+                if (shapes[i][d] != kiln__model.inputs[i].shape[d]) {
+                    int64_t found[5] = {i, d, shapes[i][d], kiln__model.inputs[i].shape[d], -1};
+                    memcpy(info, found, sizeof info);
+                    code = KILN_BIND_EXTENT;
+                    break;
+                }
+            }
+        }
+    }
+    if (code == 0) return KILN_OK;
+    const char *name = kiln__model.inputs[info[0]].name;
+    if (code == KILN_BIND_BOUNDS) {
+        return fail(KILN_ERROR_SHAPE,
+                    "%s: input '%s' axis %lld has extent %lld, outside the bounds %lld..%lld the "
+                    "model was compiled for", what, name, (long long)info[1], (long long)info[2],
+                    (long long)info[3], (long long)info[4]);
+    }
+    return fail(KILN_ERROR_SHAPE, "%s: input '%s' axis %lld has extent %lld, expected %lld",
+                what, name, (long long)info[1], (long long)info[2], (long long)info[3]);
+}
+
+/* Every output's extents, in order, into `out` (before_run: -1 for value-dependent ones). */
+static void output_shapes(const int64_t *dims, int32_t before_run, int64_t *out) {
+    if (kiln__model.shapes != NULL) {
+        kiln__model.shapes(dims, before_run, out);
+        return;
+    }
+    for (int32_t j = 0; j < kiln__model.num_outputs; j++) {
+        const kiln_tensor_info *info = &kiln__model.outputs[j];
+        memcpy(out, info->shape, (size_t)info->rank * sizeof *out);
+        out += info->rank;
+    }
+}
+
+KILN_API kiln_status kiln_infer_shapes(const int64_t *const *input_shapes,
+                                       int64_t *const *output_shapes_out) {
+    const char *what = "kiln_infer_shapes";
+    if (kiln__model.num_outputs > 0 && output_shapes_out == NULL) {
+        return fail(KILN_ERROR_INVALID_ARGUMENT, "%s: output_shapes is NULL", what);
+    }
+    int32_t slots = kiln__model.num_dims > 0 ? kiln__model.num_dims : 1;
+    int64_t *dims = calloc((size_t)slots, sizeof *dims);
+    int64_t *all = calloc((size_t)output_rank_total() + 1, sizeof *all);
+    kiln_status status = dims == NULL || all == NULL
+        ? fail(KILN_ERROR_OUT_OF_MEMORY, "%s: out of memory", what)
+        : bind_shapes(what, input_shapes, dims);
+    if (status == KILN_OK) {
+        output_shapes(dims, 1, all);
+        const int64_t *next = all;
+        for (int32_t j = 0; j < kiln__model.num_outputs; j++) {
+            int32_t rank = kiln__model.outputs[j].rank;
+            if (output_shapes_out[j] == NULL && rank > 0) {
+                status = fail(KILN_ERROR_INVALID_ARGUMENT, "%s: output_shapes[%d] is NULL", what,
+                              (int)j);
+                break;
+            }
+            if (rank > 0) memcpy(output_shapes_out[j], next, (size_t)rank * sizeof *next);
+            next += rank;
+        }
+    }
+    free(dims);
+    free(all);
+    return status;
+}
+
+KILN_API kiln_status kiln_run_shaped(kiln_instance *inst, const void *const *inputs,
+                                     const int64_t *const *input_shapes, void *const *outputs) {
+    const char *what = "kiln_run_shaped";
+    if (inst == NULL) return fail(KILN_ERROR_INVALID_ARGUMENT, "%s: instance is NULL", what);
+    int32_t num_outputs = kiln__model.num_outputs;
+    if (num_outputs > 0 && outputs == NULL) {
+        return fail(KILN_ERROR_INVALID_ARGUMENT, "%s: outputs is NULL", what);
+    }
+    kiln_status status = take(inst, what);
+    if (status != KILN_OK) return status;
+    status = bind_shapes(what, input_shapes, inst->dims);
+    if (status == KILN_OK) {
+        status = check_buffers("input", kiln__model.inputs, kiln__model.num_inputs, inputs,
+                               input_shapes);
+    }
+    int64_t *expected = inst->output_shapes;
+    if (status == KILN_OK) output_shapes(inst->dims, 1, expected);
+    for (int32_t j = 0, at = 0; status == KILN_OK && j < num_outputs; j++) {
+        const kiln_tensor_info *info = &kiln__model.outputs[j];
+        int dynamic = kiln__model.output_dynamic != NULL && kiln__model.output_dynamic[j] >= 0;
+        int by_values = 0;
+        for (int32_t d = 0; d < info->rank; d++) by_values |= expected[at + d] < 0;
+        if (dynamic && by_values && outputs[j] != NULL) {
+            status = fail(KILN_ERROR_INVALID_ARGUMENT,
+                          "%s: output %d ('%s') has a shape that depends on input values; pass "
+                          "NULL and read it with kiln_output", what, (int)j, info->name);
+        } else if (!dynamic && outputs[j] == NULL && element_count(info->shape, info->rank)) {
+            status = fail(KILN_ERROR_INVALID_ARGUMENT, "%s: output %d ('%s') is NULL", what,
+                          (int)j, info->name);
+        }
+        at += info->rank;
+    }
+    if (status == KILN_OK) status = run_plan(inst, inputs, outputs, what);
+    if (status == KILN_OK) {
+        output_shapes(inst->dims, 0, inst->output_shapes);
+        const int64_t *shape = inst->output_shapes;
+        for (int32_t j = 0; j < num_outputs; j++) {
+            int32_t rank = kiln__model.outputs[j].rank;
+            int32_t buffer = kiln__model.output_dynamic != NULL ? kiln__model.output_dynamic[j]
+                                                                : -1;
+            if (buffer < 0) {
+                inst->output_data[j] = outputs[j];
+            } else if (outputs[j] != NULL) {
+                int64_t bytes = element_count(shape, rank) *
+                                dtype_bytes(kiln__model.outputs[j].dtype);
+                if (bytes > 0) memcpy(outputs[j], inst->dynamic[buffer], (size_t)bytes);
+                inst->output_data[j] = outputs[j];
+            } else {
+                inst->output_data[j] = inst->dynamic[buffer];
+            }
+            shape += rank;
+        }
+    }
+    atomic_store(&inst->running, 0);
+    return status;
+}
+
+KILN_API kiln_status kiln_output(kiln_instance *inst, int32_t index, const void **data,
+                                 const int64_t **shape) {
+    const char *what = "kiln_output";
+    if (inst == NULL || data == NULL || shape == NULL) {
+        return fail(KILN_ERROR_INVALID_ARGUMENT, "%s: instance, data or shape is NULL", what);
+    }
+    if (index < 0 || index >= kiln__model.num_outputs) {
+        return fail(KILN_ERROR_INVALID_ARGUMENT, "%s: index %d out of range (the model has %d "
+                    "outputs)", what, (int)index, (int)kiln__model.num_outputs);
+    }
+    kiln_status status = take(inst, what);
+    if (status != KILN_OK) return status;
+    if (!inst->has_run) {
+        status = fail(KILN_ERROR_INVALID_ARGUMENT, "%s: the instance has no completed run", what);
+    } else {
+        const int64_t *at = inst->output_shapes;
+        for (int32_t j = 0; j < index; j++) at += kiln__model.outputs[j].rank;
+        *shape = kiln__model.bind != NULL ? at : kiln__model.outputs[index].shape;
+        *data = inst->output_data[index];
     }
     atomic_store(&inst->running, 0);
     return status;

@@ -18,8 +18,9 @@
 extern "C" {
 #endif
 
-/* Version 2 added the profiling functions (kiln_profile_*). */
-#define KILN_ABI_VERSION 2
+/* Version 2 added the profiling functions (kiln_profile_*), version 3 run-time extents
+ * (kiln_infer_shapes, kiln_run_shaped, kiln_output). */
+#define KILN_ABI_VERSION 3
 
 typedef enum kiln_status {
     KILN_OK = 0,
@@ -29,7 +30,8 @@ typedef enum kiln_status {
     KILN_ERROR_THREADS = 4,          /* the thread pool could not be started */
     KILN_ERROR_BUSY = 5,             /* the instance is already running on another thread */
     KILN_ERROR_RUNTIME = 6,          /* a kernel reported a failure (e.g. index out of range) */
-    KILN_ERROR_NOT_PROFILED = 7      /* a profiling query on a library built without profiling */
+    KILN_ERROR_NOT_PROFILED = 7,     /* a profiling query on a library built without profiling */
+    KILN_ERROR_SHAPE = 8             /* an input's shape does not fit the model */
 } kiln_status;
 
 /* Element types; the numbering is part of the ABI. */
@@ -44,7 +46,7 @@ typedef struct kiln_tensor_info {
     const char *name;
     int32_t dtype;          /* a kiln_dtype */
     int32_t rank;
-    const int64_t *shape;   /* rank extents */
+    const int64_t *shape;   /* rank extents; -1 for one known only at run time */
 } kiln_tensor_info;
 
 typedef struct kiln_instance kiln_instance;
@@ -68,6 +70,27 @@ void kiln_destroy(kiln_instance *instance);
  * outputs[j] to caller-owned memory of output j's size; input and output memory must not
  * overlap. */
 kiln_status kiln_run(kiln_instance *instance, const void *const *inputs, void *const *outputs);
+
+/* Run-time extents. A model compiled with symbolic dims (a batch or sequence axis left free)
+ * has extents of -1 in kiln_input_info / kiln_output_info; it runs with kiln_run_shaped, which
+ * takes each input's shape (rank extents, as in kiln_input_info), and kiln_run refuses it. Any
+ * model may use these functions.
+ *
+ * kiln_infer_shapes: the output shapes that input shapes imply, without running (no instance
+ * needed): output_shapes[j] receives output j's rank extents; an extent that depends on input
+ * values (a NonZero count) is -1. KILN_ERROR_SHAPE when an input shape does not fit.
+ *
+ * kiln_run_shaped: run on inputs of the given shapes. outputs[j] is caller memory for output j,
+ * or NULL for an output with an extent of -1 in kiln_output_info: the instance then keeps the
+ * result until its next run (non-NULL for such an output: it must have the room
+ * kiln_infer_shapes implies, and the result is copied there; an output whose shape depends on
+ * values must be NULL). kiln_output then gives where output j is and its extents (valid until
+ * the instance's next run or destruction). */
+kiln_status kiln_infer_shapes(const int64_t *const *input_shapes, int64_t *const *output_shapes);
+kiln_status kiln_run_shaped(kiln_instance *instance, const void *const *inputs,
+                            const int64_t *const *input_shapes, void *const *outputs);
+kiln_status kiln_output(kiln_instance *instance, int32_t index, const void **data,
+                        const int64_t **shape);
 
 /* The message of the last failure on this thread ("" if none). */
 const char *kiln_last_error(void);

@@ -19,10 +19,23 @@ extern "C" {
 
 /* The plan function: runs the kernels in order. `ctx` is the instance (pass it to every kiln__*
  * service); `arena` is the instance's activation arena (arena_bytes, 64-byte aligned); `weights`
- * the weights blob (embedded or loaded from the external file). Returns 0, or nonzero after a
- * kernel reported an error through kiln__report_error. */
+ * the weights blob (embedded or loaded from the external file); `dims` the run's extents
+ * (num_dims slots, filled by `bind`; NULL for a static model). Returns 0, 1 after a kernel
+ * reported an error through kiln__report_error, 2 when kiln__arena or kiln__dynamic failed. */
 typedef int32_t (*kiln_run_fn)(void *ctx, const void *const *inputs, void *const *outputs,
-                               uint8_t *arena, const uint8_t *weights);
+                               uint8_t *arena, const uint8_t *weights, int64_t *dims);
+
+/* Models with run-time extents: read the input symbols from `input_shapes` into `dims` and
+ * check every input extent. Returns 0, or KILN_BIND_EXTENT / KILN_BIND_BOUNDS with `info` =
+ * {input, axis, extent given, extent expected (or smallest allowed), largest allowed (or -1)}. */
+typedef int32_t (*kiln_bind_fn)(const int64_t *const *input_shapes, int64_t *dims,
+                                int64_t *info);
+#define KILN_BIND_EXTENT 1
+#define KILN_BIND_BOUNDS 2
+
+/* Write every output's extents, in output order, to `out`; with `before_run` nonzero an extent
+ * that depends on values computed by the run is -1. */
+typedef void (*kiln_shapes_fn)(const int64_t *dims, int32_t before_run, int64_t *out);
 
 /* The static profiling tables of a library compiled with profiling. */
 typedef struct kiln_profile_desc {
@@ -43,6 +56,11 @@ typedef struct kiln_model_desc {
     uint64_t weights_checksum;    /* FNV-1a 64 of the weights bytes */
     kiln_run_fn run;
     const kiln_profile_desc *profile; /* NULL unless compiled with profiling */
+    int32_t num_dims;             /* run-time extent slots; 0 for a static model */
+    int32_t num_dynamic;          /* buffers allocated during a run (kiln__dynamic) */
+    kiln_bind_fn bind;            /* NULL for a static model */
+    kiln_shapes_fn shapes;        /* NULL for a static model */
+    const int32_t *output_dynamic; /* per output: the dynamic buffer holding it, or -1 */
 } kiln_model_desc;
 
 /* Defined by the generated code. */
@@ -60,6 +78,14 @@ void kiln__report_error(void *ctx, const char *message);
 
 /* 1 if a failure was reported during the current run, else 0. */
 int32_t kiln__failed(void *ctx);
+
+/* Models with run-time extents: the arena for this run, at least `bytes` (the instance's,
+ * grown if needed; 64-byte aligned), or NULL when out of memory. */
+uint8_t *kiln__arena(void *ctx, int64_t bytes);
+
+/* Dynamic buffer `index` for this run, at least `bytes` (64-byte aligned; kept by the instance
+ * for later runs), or NULL when out of memory. */
+void *kiln__dynamic(void *ctx, int32_t index, int64_t bytes);
 
 /* Profiling builds only: the plan function brackets kernel call `index` (its position in the
  * plan) with these two, on the thread running the plan. */

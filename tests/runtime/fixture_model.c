@@ -64,7 +64,8 @@ static void add_body(void *arg, int64_t begin, int64_t end) {
 }
 
 static int32_t plan_run(void *ctx, const void *const *in, void *const *out, uint8_t *arena,
-                        const uint8_t *weights) {
+                        const uint8_t *weights, int64_t *dims) {
+    (void)dims;
     if ((uintptr_t)arena % 64 != 0 || (uintptr_t)weights % 64 != 0) {
         kiln__report_error(ctx, "arena or weights not 64-byte aligned");
         return 1;
@@ -104,4 +105,5 @@ extern const uint8_t kiln__weights[];
 const kiln_model_desc kiln__model = {
     KILN_ABI_VERSION, 4, 5, WEIGHTS_EXTERNAL, inputs, outputs,
     N * sizeof(float) + 64, WEIGHTS_BYTES, WEIGHTS_POINTER, KILN_TEST_CHECKSUM, plan_run, NULL,
+    0, 0, NULL, NULL, NULL,
 };

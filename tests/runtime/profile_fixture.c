@@ -57,7 +57,8 @@ static void chunk_body(void *arg, int64_t begin, int64_t end) {
 #endif
 
 static int32_t plan_run(void *ctx, const void *const *in, void *const *out, uint8_t *arena,
-                        const uint8_t *weights) {
+                        const uint8_t *weights, int64_t *dims) {
+    (void)dims;
     (void)arena;
     (void)weights;
     int32_t delay = *(const int32_t *)in[0];
@@ -96,4 +97,5 @@ static const kiln_profile_desc profile = {3, kernels};
 
 const kiln_model_desc kiln__model = {
     KILN_ABI_VERSION, 3, 1, 0, inputs, outputs, 64, 0, NULL, 0, plan_run, PROFILE,
+    0, 0, NULL, NULL, NULL,
 };

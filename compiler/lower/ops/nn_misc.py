@@ -43,7 +43,8 @@ def _training(ctx: LowerContext) -> Expr | bool:
         conds.append(scalar(ctx.input(2)))
     if ctx.has_input(1) and ratio is None:
         conds.append(scalar(ctx.input(1)).ne(0.0))
-    return all_of(conds) or True
+    found = all_of(conds)
+    return True if found is None else found
 
 
 @lowering(Op.DROPOUT)

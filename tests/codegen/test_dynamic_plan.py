@@ -1,0 +1,190 @@
+"""Plans with run-time extents, compiled and run natively: one library for every batch size.
+
+Hand-built kernel IR (independent of any op's lowering) exercises each mechanism: an input
+symbol read from the input shape, a kernel that defines a value-dependent extent, an arena
+whose offsets and size are computed at run time, a dynamic output read after the run, bounds,
+``infer_shapes``, the checks of input extents, and the C ABI (kiln_run_shaped, kiln_output,
+kiln_infer_shapes) from a C program.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kiln.compiler.artifact import build_library
+from kiln.compiler.codegen.llvm import optimize_and_emit
+from kiln.compiler.codegen.plan_module import build_module
+from kiln.compiler.codegen.target import Target
+from kiln.compiler.errors import KilnError
+from kiln.compiler.ir.types import DType
+from kiln.compiler.lower.from_graph import (
+    DimTable,
+    InputDim,
+    LoweredGraph,
+    LoweredNode,
+    interpret_lowered,
+    with_dims_param,
+)
+from kiln.compiler.lower.kernel_ir import Buffer, Const, Kernel, Loop, LoopKind, Var, define_dim
+from kiln.compiler.plan.plan import Place, make_plan
+from kiln.runtime import KilnRuntimeError, load
+from kiln.runtime.abi import Status
+
+
+def _graph(define_count: bool = True) -> LoweredGraph:
+    """x: f32[batch, 4] -> mid = 2 * x (arena, run-time size) -> y: f32[count] = mid.flat[1:]
+    with count = 4 * batch - 1 set by a kernel (a value-dependent extent)."""
+    table = DimTable()
+    batch = table.new_slot("batch")
+    table.symbols["batch"] = 0
+    table.input_dims.append(InputDim(0, 0, 0))
+    count = table.new_slot("%y axis 0")
+    x = Buffer("x", DType.F32, (batch, 4))
+    mid = Buffer("mid", DType.F32, (batch, 4))
+    y = Buffer("y", DType.F32, (count,))
+    i, j = Var("i"), Var("j")
+    double = Kernel("double", (x,), (mid,), Loop(
+        i, batch, Loop(j, Const(4, DType.I64), mid.store([i, j], x.load(i, j) * 2.0)),
+        LoopKind.PARALLEL))
+    shape = Kernel("count", (), (), define_dim(count, batch * 4 - 1))
+    tail = Kernel("tail", (mid,), (y,), Loop(
+        i, count, y.store([i], mid.load((i + 1) // 4, (i + 1) % 4))))
+    kernels = [double, shape, tail] if define_count else [double, tail]
+    steps = tuple(LoweredNode(None, (with_dims_param(k),), ()) for k in kernels)  # type: ignore[arg-type]
+    return LoweredGraph((x,), (y,), {}, {}, steps, table)
+
+
+def _library(lowered: LoweredGraph, folder: Path,
+             bounds: dict[str, tuple[int, int]] | None = None) -> Path:
+    plan = make_plan(lowered, bounds)
+    target = Target.parse("host")
+    module = build_module(plan, target, (["x"], ["y"]), False, 0)
+
+    def spec(name: str, buffer: Buffer) -> tuple[str, DType, tuple[int, ...]]:
+        return name, buffer.dtype, tuple(d if isinstance(d, int) else -1 for d in buffer.shape)
+
+    library = folder / "model.so"
+    build_library(optimize_and_emit(module, target, 2), library,
+                  inputs=[spec("x", lowered.inputs[0])], outputs=[spec("y", lowered.outputs[0])],
+                  weights=b"", external_weights=False, target=target)
+    return library
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _library(_graph(), tmp_path_factory.mktemp("dynamic"))
+
+
+def _expected(x: np.ndarray) -> np.ndarray:
+    return (2 * x).reshape(-1)[1:]
+
+
+def test_the_interpreter_runs_one_lowering_at_every_size() -> None:
+    lowered = _graph()
+    for batch in (1, 3):
+        x = np.arange(batch * 4, dtype=np.float32).reshape(batch, 4)
+        (got,) = interpret_lowered(lowered, {"x": x})
+        np.testing.assert_array_equal(got, _expected(x))
+
+
+def test_the_plan_places_run_time_sizes() -> None:
+    plan = make_plan(_graph())
+    assert not plan.is_static and plan.arena_extent is not None
+    assert plan.output_dynamic == (0,)
+    (dynamic,) = plan.dynamic
+    assert dynamic.name == "y" and dynamic.first_call == 2
+    places = {loc.place for call in plan.calls for loc in call.args}
+    assert places == {Place.INPUT, Place.ARENA, Place.DIMS, Place.DYNAMIC}
+    # Without bounds the arena starts at the size for batch 1 and grows at run time.
+    assert plan.arena_bytes == 64
+    assert make_plan(_graph(), {"batch": (1, 64)}).arena_bytes == 64 * 4 * 4
+
+
+def test_a_kernel_using_an_extent_nobody_sets_is_a_compile_error() -> None:
+    with pytest.raises(KilnError, match=r"kernel tail uses the run-time extent of %y axis 0"):
+        make_plan(_graph(define_count=False))
+
+
+def test_one_library_runs_every_batch_size(library: Path) -> None:
+    model = load(str(library))
+    assert str(model.inputs[0]) == "x: float32[?,4]" and model.outputs[0].shape == (None,)
+    for batch in (1, 1000, 3, 0, 1):  # grows the arena, then reuses it
+        x = np.random.default_rng(batch).standard_normal((batch, 4)).astype(np.float32)
+        if batch == 0:
+            with pytest.raises(KilnRuntimeError):  # count = -1: a negative extent
+                model.run({"x": x})
+            continue
+        (got,) = model.run({"x": x})
+        np.testing.assert_array_equal(got, _expected(x))
+
+
+def test_shapes_are_inferred_before_running(library: Path) -> None:
+    model = load(str(library))
+    assert model.infer_shapes({"x": (7, 4)}) == [(None,)]  # depends on a kernel's value
+    with pytest.raises(KilnRuntimeError, match=r"expected shape \(\?, 4\), got \(7, 5\)"):
+        model.infer_shapes({"x": (7, 5)})
+
+
+def test_bounds_are_checked_at_run_time(tmp_path: Path) -> None:
+    model = load(str(_library(_graph(), tmp_path, {"batch": (2, 8)})))
+    np.testing.assert_array_equal(model.run({"x": np.ones((8, 4), np.float32)})[0],
+                                  np.full(31, 2, np.float32))
+    with pytest.raises(KilnRuntimeError, match="axis 0 has extent 9, outside the bounds 2..8") as e:
+        model.run({"x": np.ones((9, 4), np.float32)})
+    assert e.value.status is Status.SHAPE
+
+
+_C_PROGRAM = r"""
+#include <stdio.h>
+#include "model.h"
+
+int main(void) {
+    static float x[5 * 4];
+    for (int i = 0; i < 20; i++) x[i] = (float)i;
+    int64_t shape[2] = {5, 4}, out_shape[1] = {0};
+    const int64_t *shapes[1] = {shape};
+    int64_t *out_shapes[1] = {out_shape};
+    kiln_status s = kiln_infer_shapes(shapes, out_shapes);
+    printf("infer %d %lld\n", (int)s, (long long)out_shape[0]);
+    kiln_instance *inst = NULL;
+    if (kiln_create(1, NULL, &inst) != KILN_OK) return 1;
+    const void *in[1] = {x};
+    void *out[1] = {NULL};
+    printf("run %d\n", (int)kiln_run(inst, in, out));
+    const void *data = NULL;
+    const int64_t *got = NULL;
+    printf("early %d\n", (int)kiln_output(inst, 0, &data, &got));
+    s = kiln_run_shaped(inst, in, shapes, out);
+    printf("shaped %d\n", (int)s);
+    s = kiln_output(inst, 0, &data, &got);
+    printf("output %d %lld %g %g\n", (int)s, (long long)got[0], ((const float *)data)[0],
+           ((const float *)data)[18]);
+    shape[1] = 3;
+    printf("bad %d %s\n", (int)kiln_run_shaped(inst, in, shapes, out), kiln_last_error());
+    kiln_destroy(inst);
+    return 0;
+}
+"""
+
+
+def test_the_c_abi_runs_a_dynamic_model(library: Path, tmp_path: Path) -> None:
+    source = tmp_path / "main.c"
+    source.write_text(_C_PROGRAM)
+    program = tmp_path / "main"
+    folder = library.parent
+    subprocess.run(["cc", "-Wall", "-Werror", f"-I{folder}", str(source), str(library),
+                    f"-Wl,-rpath,{folder}", "-o", str(program)], check=True)
+    lines = dict(line.split(" ", 1) for line in
+                 subprocess.run([str(program)], capture_output=True, text=True, check=True,
+                                timeout=60).stdout.splitlines())
+    assert lines["infer"] == f"{Status.OK} -1"
+    assert lines["run"] == str(Status.INVALID_ARGUMENT)
+    assert lines["early"] == str(Status.INVALID_ARGUMENT)
+    assert lines["shaped"] == str(Status.OK)
+    assert lines["output"] == f"{Status.OK} 19 2 38"
+    assert lines["bad"] == (f"{Status.SHAPE} kiln_run_shaped: input 'x' axis 1 has extent 3, "
+                            "expected 4")
