@@ -137,7 +137,9 @@ def _build_parser() -> argparse.ArgumentParser:
                           help="with --static: name the API NAME_* instead of kiln_bundle_* "
                                "(and the header's macros NAME_* instead of KILN_*), so that "
                                "two bundles link into one program")
-    _add_input_shape(compile_, "bind the symbolic dimensions of an input")
+    _add_input_shape(compile_, "bind the symbolic dimensions of an input (LO..HI: free within "
+                     "bounds, ?: free; unbound symbols are free: one library for every size)",
+                     ranges=True)
     compile_.add_argument("--print-ir-after-all", action="store_true",
                           help="print the graph IR after every optimizer pass (on stderr)")
     compile_.add_argument("--print-ir-after", action="append", default=[], metavar="PASS",
@@ -288,22 +290,45 @@ def _integer(text: str, minimum: int, expected: str) -> int:
     return value
 
 
-def _add_input_shape(parser: argparse.ArgumentParser, purpose: str) -> None:
-    parser.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
-                        type=_parse_input_shape, help=f"{purpose}; repeatable")
+def _add_input_shape(parser: argparse.ArgumentParser, purpose: str,
+                     ranges: bool = False) -> None:
+    metavar = "NAME=D0,D1,..." + (" (Di: N, LO..HI or ?)" if ranges else "")
+    parser.add_argument("--input-shape", action="append", default=[], metavar=metavar,
+                        type=_parse_ranged_shape if ranges else _parse_input_shape,
+                        help=f"{purpose}; repeatable")
 
 
 def _parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    name, shape = _parse_ranged_shape(text)
+    if not all(isinstance(d, int) for d in shape):
+        raise argparse.ArgumentTypeError(f"expected NAME=D0,D1,... with integer dims (bounds "
+                                         f"LO..HI and ? are for compile), got {text!r}")
+    return name, shape  # type: ignore[return-value]
+
+
+def _parse_ranged_shape(text: str) -> tuple[str, tuple[int | None | tuple[int, int], ...]]:
+    """``NAME=D0,D1,...``; a dim is an extent, ``LO..HI`` (symbolic within bounds) or ``?``
+    (symbolic, unbounded)."""
     name, sep, dims = text.rpartition("=")
+    shape: list[int | None | tuple[int, int]] = []
     try:
-        shape = tuple(int(d) for d in dims.split(",")) if dims.strip() else ()
+        for dim in dims.split(",") if dims.strip() else []:
+            dim = dim.strip()
+            if dim == "?":
+                shape.append(None)
+            elif ".." in dim:
+                low, high = (int(part) for part in dim.split(".."))
+                shape.append((low, high) if 0 <= low <= high else (-1, -1))
+            else:
+                shape.append(int(dim))
     except ValueError:
-        shape = (-1,)
-    if not sep or not name or any(d < 0 for d in shape):
+        shape = [-1]
+    if not sep or not name or any(d == -1 or d == (-1, -1) or isinstance(d, int) and d < 0
+                                  for d in shape):
         raise argparse.ArgumentTypeError(
-            f"expected NAME=D0,D1,... with non-negative integer dims, got {text!r}"
+            f"expected NAME=D0,D1,... with non-negative integer dims, LO..HI or ?, got {text!r}"
         )
-    return name, shape
+    return name, tuple(shape)
 
 
 def _progress_logger(verbose: bool) -> Callable[[str], None]:

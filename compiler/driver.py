@@ -45,7 +45,7 @@ from .codegen.plan_module import build_module
 from .codegen.target import Target
 from .errors import KilnError
 from .ir.graph import Graph
-from .lower.from_graph import lower_graph
+from .lower.from_graph import lower_graph, require_static
 from .lower.kernel_ir import Buffer
 from .passes.pipeline import PassStats, optimize
 from .passes.specialize import specialize
@@ -234,16 +234,6 @@ class _Options:
                 found[symbol] = (low, high)
         return found
 
-    def require_static(self, plan: Plan, what: str) -> None:
-        """Raise unless every extent of ``plan`` is known at compile time."""
-        if plan.is_static:
-            return
-        dynamic = [f"{b.name}[{','.join(str(d) if isinstance(d, int) else '?' for d in b.shape)}]"
-                   for b in plan.inputs if not b.is_static]
-        raise KilnError(f"{what} needs shapes known at compile time; inputs {dynamic or '-'} "
-                        "have extents known only at run time (give input_shapes / "
-                        "--input-shape NAME=D0,D1,...)")
-
 
 def _plan(graph: Graph, options: _Options, phase: _Phases) -> tuple[Graph, Plan, list[PassStats]]:
     """Specialize, optimize, lower (GPU schedules for a GPU target) and plan ``graph``: the
@@ -267,8 +257,6 @@ def _plan(graph: Graph, options: _Options, phase: _Phases) -> tuple[Graph, Plan,
     ))
     lowered = phase("lower", lower, optimized)
     plan: Plan = phase("plan", make_plan, lowered, bounds)
-    if target.is_gpu:
-        options.require_static(plan, "a CUDA artifact")
     return static, plan, pass_rows
 
 
@@ -392,7 +380,7 @@ def build_bundle(
                        print_ir_after_all, verify_each, ir_out, dump_dir)
     phase = _Phases(progress)
     compiled = _compile(graph, options, phase, False)
-    options.require_static(compiled.plan, "a static bundle")
+    require_static(compiled.plan.inputs + compiled.plan.outputs, "a static bundle")
     if pass_stats is not None:
         pass_stats.extend(compiled.passes)
     inputs, outputs = compiled.tensors()

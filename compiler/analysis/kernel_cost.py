@@ -26,6 +26,9 @@ is an upper bound, and documented as such:
   on their index count their widest iteration (the body cost at index 0 and at the last index,
   the larger) times the extent, so compile time stays bounded.
 
+Extents known only at run time (loads of ``DIMS``) count as 1: the cost of a kernel with free
+extents is its cost per unit of each of them.
+
 Bytes are the sizes of the distinct buffers (by name) the kernel loads from or stores to, each
 counted once whatever its number of accesses: the traffic of a kernel that streams each operand
 through the cache once. Scratch buffers the body touches count too; a buffer read only in part
@@ -38,9 +41,13 @@ import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..ir.types import FLOATS, DType
 from ..lower.inline import child_stmts, own_exprs, walk
+from ..lower.interpret import concrete_shape
 from ..lower.kernel_ir import (
+    DIMS,
     Assign,
     Binary,
     Block,
@@ -94,7 +101,14 @@ def _bytes_moved(kernel: Kernel) -> int:
                 touched.setdefault(buffer.name, buffer.nbytes)
     # a flat view of a parameter names the same memory: the parameter's size is the truth
     sizes = {b.name: b.nbytes for b in kernel.params}
-    return sum(sizes.get(name, nbytes) for name, nbytes in touched.items())
+    return sum(_unit_size(sizes.get(name, nbytes)) for name, nbytes in touched.items())
+
+
+def _unit_size(nbytes: int | Expr) -> int:
+    """A buffer's bytes, with every run-time extent at 1."""
+    if isinstance(nbytes, int):
+        return nbytes
+    return int(concrete_shape((nbytes,), np.ones(DIMS.shape[0], np.int64))[0])  # type: ignore[arg-type]
 
 
 def _expr_flops(expr: Expr) -> int:
@@ -230,6 +244,8 @@ def _compile(expr: Expr, value: Callable[[Expr], Evaluator]) -> Evaluator:
     if isinstance(expr, Const):
         constant = int(expr.value)
         return lambda env: constant
+    if isinstance(expr, Load) and expr.buffer == DIMS:
+        return lambda env: 1
     if isinstance(expr, Var):
         name = expr.name
         return lambda env: env.get(name)

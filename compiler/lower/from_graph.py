@@ -10,7 +10,7 @@ check of the lowerings in tests.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -219,6 +219,16 @@ def lower_graph(graph: Graph, machine: Machine = DEFAULT_MACHINE,
         tuple(steps),
         table,
     )
+
+
+def require_static(buffers: Iterable[Buffer], what: str) -> None:
+    """Raise naming the buffers (the first few) whose extents are known only at run time."""
+    dynamic = [f"{b.name}[{','.join(str(d) if isinstance(d, int) else '?' for d in b.shape)}]"
+               for b in buffers if not b.is_static]
+    if dynamic:
+        raise KilnError(f"{what} needs shapes known at compile time; {', '.join(dynamic[:4])} "
+                        "have extents known only at run time (give input_shapes / "
+                        "--input-shape NAME=D0,D1,...)")
 
 
 def defined_slots(kernel: Kernel) -> set[int]:

@@ -188,3 +188,27 @@ def test_the_c_abi_runs_a_dynamic_model(library: Path, tmp_path: Path) -> None:
     assert lines["output"] == f"{Status.OK} 19 2 38"
     assert lines["bad"] == (f"{Status.SHAPE} kiln_run_shaped: input 'x' axis 1 has extent 3, "
                             "expected 4")
+
+
+def _free_batch_graph() -> object:
+    from kiln.compiler.ir.builder import GraphBuilder
+    from kiln.compiler.ir.op import Op
+    from kiln.compiler.ir.types import TensorType
+
+    builder = GraphBuilder("free")
+    x = builder.add_input("x", TensorType(DType.F32, ("batch", 4)))
+    return builder.finish([builder.add1(Op.RELU, [x])])
+
+
+@pytest.mark.parametrize("what", ["a CUDA artifact", "a static bundle"])
+def test_static_only_artifacts_refuse_free_extents(what: str, tmp_path: Path) -> None:
+    from kiln.compiler.driver import build, build_bundle
+
+    graph = _free_batch_graph()
+    with pytest.raises(KilnError, match=fr"{what} needs shapes known at compile time; x\[\?,4\]"):
+        if what == "a CUDA artifact":
+            build(graph, target="cuda")  # type: ignore[arg-type]
+        else:
+            build_bundle(graph, tmp_path / "model.o")  # type: ignore[arg-type]
+    # bound, both build
+    assert build(graph, target="cuda", input_shapes={"x": (2, 4)})  # type: ignore[arg-type]

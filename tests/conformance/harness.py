@@ -226,10 +226,12 @@ def freeze_constant_inputs(case: Any, shape_operands: bool = True) -> tuple[Mode
 
 
 def run_case(case: Any, compiled: bool = False, shape_operands: bool = True,
-             opt_level: int = 2) -> CaseResult:
+             opt_level: int = 2, freeze: bool = False) -> CaseResult:
     """Import, run and compare one case (exceptions become ERROR results). ``compiled`` runs
-    it through ``kiln.compiler.build(..., opt_level=opt_level)`` with its constant inputs
-    frozen (see ``freeze_constant_inputs``)."""
+    it through ``kiln.compiler.build(..., opt_level=opt_level)`` with every input a run-time
+    input (shapes, axes, pads, K... computed by the compiled code), one library per set of
+    input shapes; ``freeze`` first turns the inputs an AOT compiler would often see as
+    constants into initializers (see ``freeze_constant_inputs``)."""
     from kiln.compiler import reference
     from kiln.frontends.onnx import load_onnx
 
@@ -238,7 +240,7 @@ def run_case(case: Any, compiled: bool = False, shape_operands: bool = True,
         return CaseResult(case.name, group, "EXCLUDED", reason)
     start = time.perf_counter()
     try:
-        if compiled:
+        if compiled and freeze:
             model, positions = freeze_constant_inputs(case, shape_operands)
         else:
             model, positions = case.model, list(range(len(_input_names(case.model))))

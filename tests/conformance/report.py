@@ -1,13 +1,14 @@
 """Conformance report: ``python tests/conformance/report.py [--filter SUBSTR] [--quiet]
-[--compiled [--opt-level N]] [--jobs J]``.
+[--compiled [--opt-level N] [--freeze [--integer-inputs-only]]] [--jobs J]``.
 
 Prints one line per ONNX node test case (status, group, reason), then totals per group and the
 pass rate over numeric cases. ``--compiled`` runs the cases through ``kiln.compiler.build`` at
-``--opt-level`` (default 2). ``--write-known-failures`` rewrites the known-failures file of the
-engine from the failures of this run (for the full, unfiltered sweep): known_failures.txt for
-the reference executor, known_failures_compiled.txt for ``--compiled --opt-level 3`` and
-known_failures_compiled_O0.txt for ``--compiled --opt-level 0`` (the two compiled engines of
-test_node_cases.py).
+``--opt-level`` (default 2), every input fed at run time; ``--freeze`` turns the constant
+integer inputs (and shape operands) into initializers first. ``--write-known-failures``
+rewrites the known-failures file of the engine from the failures of this run (for the full,
+unfiltered sweep): known_failures.txt for the reference executor, known_failures_compiled.txt
+for ``--compiled --opt-level 3`` and known_failures_compiled_O0.txt for ``--compiled
+--opt-level 0`` (the two compiled engines of test_node_cases.py).
 """
 
 from __future__ import annotations
@@ -55,9 +56,10 @@ def summarize(results: list[CaseResult]) -> str:
     return "\n".join(lines)
 
 
-def _run_named(name: str, compiled: bool, shape_operands: bool, opt_level: int) -> CaseResult:
+def _run_named(name: str, compiled: bool, shape_operands: bool, opt_level: int,
+               freeze: bool) -> CaseResult:
     return run_case(collect_cases()[name], compiled=compiled, shape_operands=shape_operands,
-                    opt_level=opt_level)
+                    opt_level=opt_level, freeze=freeze)
 
 
 def known_failures_file(compiled: bool, opt_level: int) -> Path | None:
@@ -85,9 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--filter", default="", help="only cases whose name contains this")
     parser.add_argument("--quiet", action="store_true", help="print only non-passing cases")
     parser.add_argument("--compiled", action="store_true",
-                        help="run through kiln.compiler.build (constant integer inputs frozen)")
+                        help="run through kiln.compiler.build (every input at run time)")
+    parser.add_argument("--freeze", action="store_true",
+                        help="with --compiled, make constant integer inputs and shape operands "
+                             "initializers")
     parser.add_argument("--integer-inputs-only", action="store_true",
-                        help="with --compiled, freeze only integer inputs (not Resize scales, "
+                        help="with --freeze, freeze only integer inputs (not Resize scales, "
                              "Range bounds, OneHot depth)")
     parser.add_argument("--opt-level", type=int, choices=range(4), default=2, metavar="N",
                         help="with --compiled, the optimization level 0-3 (default 2)")
@@ -96,16 +101,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="rewrite the engine's known-failures file from this run's failures")
     args = parser.parse_args(argv)
     known = known_failures_file(args.compiled, args.opt_level)
-    if args.write_known_failures and known is None:
+    if args.write_known_failures and (known is None or args.freeze):
         parser.error("--write-known-failures with --compiled needs --opt-level 3 or 0 (the "
-                     f"levels with a known-failures file), got {args.opt_level}")
+                     "levels with a known-failures file) and no --freeze")
     cases = {n: c for n, c in collect_cases().items() if args.filter in n}
     results = []
     start = time.perf_counter()
     names = sorted(cases)
     run = functools.partial(_run_named, compiled=args.compiled,
                             shape_operands=not args.integer_inputs_only,
-                            opt_level=args.opt_level)
+                            opt_level=args.opt_level, freeze=args.freeze)
     pool = multiprocessing.get_context("fork").Pool(args.jobs) if args.jobs > 1 else _Serial()
     with pool:
         for name, result in zip(names, pool.imap(run, names), strict=True):
@@ -114,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                 reason = f"  {result.reason}" if result.reason else ""
                 print(f"{result.status:8} {result.group:8} {name}{reason}"[:400], flush=True)
     if args.compiled:
-        print(f"compiled at -O{args.opt_level}")
+        print(f"compiled at -O{args.opt_level}" + (", inputs frozen" if args.freeze else ""))
     print(summarize(results))
     print(f"time: {time.perf_counter() - start:.1f}s")
     if args.write_known_failures:

@@ -48,12 +48,28 @@ def export(
         elif exporter == "dynamo":
             program = torch.onnx.export(model, tuple(args), dynamo=True, verbose=False,
                                         input_names=list(input_names),
-                                        output_names=list(output_names))
+                                        output_names=list(output_names),
+                                        dynamic_shapes=_dynamic_shapes(input_names,
+                                                                       dynamic_axes))
             assert program is not None
             program.save(str(path))
         else:
             raise ValueError(f"unknown exporter {exporter!r}")
     return path
+
+
+def _dynamic_shapes(input_names: Sequence[str],
+                    dynamic_axes: Mapping[str, Mapping[int, str]] | None) -> tuple[object, ...] | None:
+    """torch.export's form of ``dynamic_axes`` (one ``Dim`` per symbol name, shared by every
+    input using it), positional over the inputs; None without dynamic axes."""
+    if not dynamic_axes:
+        return None
+    dims: dict[str, object] = {}
+    return tuple(
+        {axis: dims.setdefault(symbol, torch.export.Dim(symbol))
+         for axis, symbol in dynamic_axes.get(name, {}).items()} or None
+        for name in input_names
+    )
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from ...ir.graph import Graph
 from ...ir.op import Op
 from ...ir.schema import op_def
 from ...machine import Machine
-from ..from_graph import LoweredGraph, LoweredNode, lower_graph
+from ..from_graph import LoweredGraph, LoweredNode, lower_graph, require_static
 from ..kernel_ir import Buffer, Kernel
 from ..ops.elementwise import SCALAR
 from ..registry import LowerContext
@@ -62,8 +62,10 @@ def gpu_machine() -> Machine:
 
 
 def lower_graph_gpu(graph: Graph) -> LoweredGraph:
-    """Lower every node of a static graph to kernels in GPU form (see the module docstring)."""
+    """Lower every node of a static graph to kernels in GPU form (see the module docstring);
+    raises for extents known only at run time (the CUDA target compiles static shapes)."""
     lowered = lower_graph(graph, gpu_machine())
+    require_static(lowered.buffers.values(), "a CUDA artifact")
     steps = []
     for position, step in enumerate(lowered.steps):
         kernels, scratch = _scheduled(lowered, step, position)
