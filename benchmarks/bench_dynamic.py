@@ -11,7 +11,7 @@ turns in blocks of runs (``bench_models.interleaved_times``), so load from other
 on all alike.
 
 Models: a scikit-learn pipeline (scaler + logistic regression) and a random forest, exported by
-skl2onnx with an unnamed batch dim; a one-layer BERT-style encoder (sequence 128) and a
+skl2onnx with an unnamed batch dim; a self-attention encoder (width 64, sequence 128) and a
 two-layer LSTM (sequence 32) exported from PyTorch with a dynamic batch and sequence; a small
 ResNet-style CNN with a dynamic batch.
 
@@ -76,14 +76,14 @@ def sklearn_models(folder: Path) -> list[Model]:
 def torch_models(folder: Path) -> list[Model]:
     import torch
     from torch_export import export
-    from zoo import BertStyleEncoder, SmallResNet, TwoLayerLSTM
+    from zoo import AttentionEncoder, SmallResNet, TwoLayerLSTM
 
     torch.manual_seed(0)
     found = []
-    encoder = BertStyleEncoder(1000, 128, hidden=64, heads=4, layers=1)
+    encoder = AttentionEncoder(1000, 128, hidden=64, heads=4).eval()
     path = export(encoder, [torch.randint(0, 1000, (2, 16))], folder / "encoder.onnx",
-                  "torchscript", ["ids"], ["hidden"], {"ids": {0: "batch", 1: "seq"}})
-    found.append(Model("BERT-style encoder s128", path, lambda batch: {
+                  "torchscript", ["ids"], ["logits"], {"ids": {0: "batch", 1: "seq"}})
+    found.append(Model("attention encoder s128", path, lambda batch: {
         "ids": np.random.default_rng(batch).integers(0, 1000, (batch, 128)).astype(np.int64)}))
     lstm = TwoLayerLSTM()
     path = export(lstm, [torch.zeros(2, 5, 8)], folder / "lstm.onnx", "torchscript",

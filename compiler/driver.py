@@ -225,9 +225,9 @@ class _Options:
                     continue
                 low, high = (int(e) for e in extent)
                 symbol = types[name].shape[axis]
-                if not 0 <= low <= high or not isinstance(symbol, str):
+                if not 1 <= low <= high or not isinstance(symbol, str):
                     raise KilnError(f"input {name!r} axis {axis}: bounds {low}..{high} need "
-                                    f"0 <= smallest <= largest on a symbolic axis")
+                                    f"1 <= smallest <= largest on a symbolic axis")
                 if symbol in found and found[symbol] != (low, high):
                     raise KilnError(f"symbol {symbol!r} has two bounds: {found[symbol]} and "
                                     f"{(low, high)}")

@@ -97,8 +97,8 @@ PROFILE_END_SYMBOL = "kiln__profile_end"
 ARENA_SYMBOL = "kiln__arena"
 DYNAMIC_SYMBOL = "kiln__dynamic"
 # kiln__bind's failure codes (kiln_internal.h): an input extent differs from the one the
-# model (or the other inputs) fix, or a bounded symbol is out of its bounds.
-BIND_FAILURES: dict[str, int] = {"extent": 1, "bounds": 2}
+# model (or the other inputs) fix, a bounded symbol is out of its bounds, a free one is 0.
+BIND_FAILURES: dict[str, int] = {"extent": 1, "bounds": 2, "empty": 3}
 
 # External weights file: 64-byte header (magic, u64 byte count, u64 FNV-1a 64 checksum of the
 # bytes, zero padding; little-endian), then the bytes. Offsets inside the blob are multiples of

@@ -111,6 +111,7 @@ class Model:
         self._exact = [(info.name, np.dtype(info.dtype), info.shape) for info in self.inputs]
         self.is_static = all(info.is_static for info in self.inputs + self.outputs)
         self._shape_ptrs = ctypes.POINTER(ctypes.c_int64) * max(len(self.inputs), 1)
+        self._signatures: dict[tuple[tuple[int, ...], ...], _Signature] = {}
         self._handle = library.create(threads, weights_path)
 
     def __repr__(self) -> str:
@@ -164,11 +165,11 @@ class Model:
     def run(self, inputs: Mapping[str, Any]) -> list[np.ndarray]:
         """Run the model on ``{input name: array}``; returns fresh arrays, one per output."""
         handle = self._open_handle()
-        if not self.is_static:
-            return self._run_shaped(handle, self._check_inputs(inputs))
         arrays = self._exact_inputs(inputs)
         if arrays is None:
             arrays = self._check_inputs(inputs)
+        if not self.is_static:
+            return self._run_shaped(handle, arrays)
         outputs = [np.empty(info.shape, info.dtype) for info in self.outputs]
         # fresh pointer arrays per call: a concurrent call on this instance (refused as busy by
         # the native side) must not overwrite the pointers of the run in progress
@@ -183,24 +184,36 @@ class Model:
         given = {name: np.empty(tuple(shape), np.uint8) for name, shape in shapes.items()}
         arrays = self._check_names(given)
         self._check_ranks(arrays)
-        return self._library.infer_shapes(self._shapes_of(arrays),
-                                          [len(info.shape) for info in self.outputs])
+        return list(self._signature(tuple(a.shape for a in arrays)).outputs)
 
-    def _shapes_of(self, arrays: list[np.ndarray]) -> ctypes.Array:
-        rows = [np.asarray(a.shape, np.int64) for a in arrays]
-        self._rows = rows  # kept alive for the call
-        return self._shape_ptrs(*[row.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))
-                                  for row in rows])
+    def _signature(self, key: tuple[tuple[int, ...], ...]) -> _Signature:
+        """The shape arrays and output shapes of one combination of input shapes (checked by
+        the native side once, then cached)."""
+        found = self._signatures.get(key)
+        if found is None:
+            rows = [(ctypes.c_int64 * max(len(shape), 1))(*shape) for shape in key]
+            pointers = self._shape_ptrs(*[ctypes.cast(row, ctypes.POINTER(ctypes.c_int64))
+                                          for row in rows])
+            outputs = self._library.infer_shapes(pointers,
+                                                 [len(info.shape) for info in self.outputs])
+            if len(self._signatures) >= _SIGNATURES:
+                self._signatures.clear()
+            allocations = tuple(None if None in shape else (shape, info.dtype)
+                                for shape, info in zip(outputs, self.outputs, strict=True))
+            found = self._signatures[key] = _Signature(rows, pointers, tuple(outputs),
+                                                       allocations)
+        return found
 
     def _run_shaped(self, handle: ctypes.c_void_p, arrays: list[np.ndarray]
                     ) -> list[np.ndarray]:
-        """A run of a model with run-time extents: static outputs go straight to fresh arrays,
-        the others are copied out of the instance after the run."""
-        outputs = [np.empty(info.shape, info.dtype) if info.is_static else None
-                   for info in self.outputs]
+        """A run of a model with run-time extents: outputs whose shapes follow from the input
+        shapes go straight to fresh arrays, the others are copied out of the instance."""
+        key = tuple([a.shape for a in arrays])
+        signature = self._signatures.get(key) or self._signature(key)
+        outputs = [None if alloc is None else np.empty(*alloc) for alloc in signature.allocations]
         in_ptrs = self._in_ptrs(*map(_address, arrays))
         out_ptrs = self._out_ptrs(*[None if out is None else _address(out) for out in outputs])
-        self._library.run_shaped(handle, in_ptrs, self._shapes_of(arrays), out_ptrs)
+        self._library.run_shaped(handle, in_ptrs, signature.pointers, out_ptrs)
         results = []
         for index, (info, out) in enumerate(zip(self.outputs, outputs, strict=True)):
             if out is None:
@@ -219,8 +232,10 @@ class Model:
         arrays = []
         for name, dtype, shape in self._exact:
             array = inputs.get(name)
-            if (type(array) is not np.ndarray or array.dtype != dtype or array.shape != shape
-                    or not array.flags.c_contiguous):
+            # run-time extents are checked once per combination of shapes (``_signature``)
+            if (type(array) is not np.ndarray or array.dtype != dtype
+                    or not array.flags.c_contiguous or (
+                        array.shape != shape if self.is_static else array.ndim != len(shape))):
                 return None
             arrays.append(array)
         return arrays
@@ -260,6 +275,18 @@ class Model:
                     f"input '{info.name}': expected shape "
                     f"({', '.join(map(str, expected))}{',' if len(expected) == 1 else ''}), "
                     f"got {array.shape}")
+
+
+# Input shape combinations a Model keeps checked (beyond it the cache starts over).
+_SIGNATURES = 256
+
+
+@dataclass(frozen=True)
+class _Signature:
+    rows: list[ctypes.Array]  # type: ignore[type-arg]  # the shapes the pointers point to
+    pointers: ctypes.Array  # type: ignore[type-arg]
+    outputs: tuple[tuple[int | None, ...], ...]  # None: an extent that depends on values
+    allocations: tuple[tuple[tuple[int, ...], np.dtype] | None, ...]  # None: read after the run
 
 
 def _address(array: np.ndarray) -> int:

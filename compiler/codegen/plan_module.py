@@ -279,11 +279,15 @@ def _bind_function(module: ir.Module, plan: Plan) -> ir.Function:
             if (index, axis) in bound_slots:
                 slot = bound_slots[index, axis]
                 builder.store(given, builder.gep(dims.dims, [ir.Constant(_I64, slot)]))
-                low, high = plan.bounds.get(symbol_of[slot], (0, (1 << 62)))
-                ok = builder.and_(builder.icmp_signed(">=", given, ir.Constant(_I64, low)),
-                                  builder.icmp_signed("<=", given, ir.Constant(_I64, high)))
-                check(ok, "bounds", index, axis, given, ir.Constant(_I64, low),
-                      ir.Constant(_I64, high))
+                if symbol_of[slot] in plan.bounds:
+                    low, high = plan.bounds[symbol_of[slot]]
+                    ok = builder.and_(builder.icmp_signed(">=", given, ir.Constant(_I64, low)),
+                                      builder.icmp_signed("<=", given, ir.Constant(_I64, high)))
+                    check(ok, "bounds", index, axis, given, ir.Constant(_I64, low),
+                          ir.Constant(_I64, high))
+                else:  # the type rules assume every symbol is at least 1 (x[:, 1:] is seq-1)
+                    check(builder.icmp_signed(">=", given, ir.Constant(_I64, 1)), "empty",
+                          index, axis, given, ir.Constant(_I64, 1))
             elif isinstance(size, int):
                 check(builder.icmp_signed("==", given, ir.Constant(_I64, size)), "extent",
                       index, axis, given, ir.Constant(_I64, size))

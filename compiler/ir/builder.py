@@ -3,7 +3,9 @@
 Frontends and passes add nodes through a ``GraphBuilder``: it fills attribute defaults, checks
 operand counts and attribute kinds, runs the op's type rule, and (unless told not to) folds a
 node whose inputs are all constants into a constant, so shape computations such as
-Shape -> Gather -> Concat -> Reshape collapse to static shapes while the graph is built.
+Shape -> Gather -> Concat -> Reshape collapse to static shapes while the graph is built. Where
+such a chain depends on symbolic dims it is kept, and the builder records the symbolic values
+of its small integer tensors (``kiln.compiler.ir.symbolic_values``) for the type rules.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ..errors import KilnError, TypeInferenceError
 from .graph import Graph, Node, Value
 from .op import Group, Op
 from .schema import REQUIRED, AttrKind, InferContext, OpDef, op_def
+from .symbolic_values import DimsValue, dims_of_array, propagate
 from .types import DType, TensorType
 
 # Folding evaluates an op at build time; above this many output elements we keep the node, as
@@ -67,6 +70,7 @@ class GraphBuilder:
         self.inputs: list[Value] = []
         self.nodes: list[Node] = []
         self._consts: dict[str, np.ndarray] = {}
+        self._dims: dict[str, DimsValue] = {}
 
     def sub(self, name: str) -> GraphBuilder:
         """A builder for a subgraph that may read this graph's values."""
@@ -84,6 +88,19 @@ class GraphBuilder:
         while builder is not None and value is not None:
             if value.name in builder._consts:
                 return builder._consts[value.name]
+            builder = builder.outer
+        return None
+
+    def dims_value(self, value: Value | None) -> DimsValue | None:
+        """The symbolic shape value of ``value`` (``kiln.compiler.ir.symbolic_values``): its
+        elements as dims when it is a small integer tensor the analysis follows, else None."""
+        data = self.const_value(value)
+        if data is not None:
+            return dims_of_array(data)
+        builder: GraphBuilder | None = self
+        while builder is not None and value is not None:
+            if value.name in builder._dims:
+                return builder._dims[value.name]
             builder = builder.outer
         return None
 
@@ -114,12 +131,19 @@ class GraphBuilder:
             else [None if n is None else self._claim(n, "t") for n in outputs]
         )
         check_arity(definition, len(inputs), len(out_names), name)
+        dims = [self.dims_value(v) for v in inputs]
         types = infer_types(
             definition, name, inputs, full_attrs, [self.const_value(v) for v in inputs],
-            len(out_names),
+            len(out_names), dims,
         )
         values = [None if n is None else Value(n, t) for n, t in zip(out_names, types, strict=True)]
         node = Node(op, tuple(inputs), tuple(values), full_attrs, name)
+        in_types = [None if v is None else v.type for v in inputs]
+        out_types = [None if v is None else v.type for v in values]
+        for value, found in zip(values, propagate(op, full_attrs, in_types, dims, out_types),
+                                strict=True):
+            if value is not None and found is not None:
+                self._dims[value.name] = found
         if not self._try_fold(node):
             self.nodes.append(node)
         return values
@@ -143,6 +167,8 @@ class GraphBuilder:
         if (not self.fold or op_def(node.op).group in _NEVER_FOLDED
                 or node.op in _KEPT_QUANTIZED):
             return False
+        if self._fold_known_value(node):
+            return True
         present = [v for v in node.inputs if v is not None]
         static_shape_query = node.op in (Op.SHAPE, Op.SIZE) and present[0].type.is_static
         if not static_shape_query and not all(self.const_value(v) is not None for v in present):
@@ -158,6 +184,19 @@ class GraphBuilder:
             if value is not None:
                 self.nodes.append(Node(Op.CONSTANT, (), (value,), {"value": result}, node.name))
                 self._consts[value.name] = result
+        return True
+
+    def _fold_known_value(self, node: Node) -> bool:
+        """Fold a node whose one output the shape-value analysis knows to be all static
+        (``Shape(x)[1:]`` of an ``f32[batch,3,4]``: ``[3, 4]``) into a constant."""
+        value = node.outputs[0] if len(node.outputs) == 1 else None
+        known = None if value is None else self._dims.get(value.name)
+        if value is None or known is None or not all(isinstance(d, int) for d in known):
+            return False
+        data = np.array(known, dtype=value.type.dtype.numpy).reshape(
+            tuple(int(d) for d in value.type.shape))
+        self.nodes.append(Node(Op.CONSTANT, (), (value,), {"value": data}, node.name))
+        self._consts[value.name] = data
         return True
 
 
@@ -256,10 +295,13 @@ def infer_types(
     attrs: Mapping[str, Any],
     consts: Sequence[np.ndarray | None],
     n_outputs: int,
+    dims_values: Sequence[DimsValue | None] = (),
 ) -> list[TensorType]:
+    """The output types the op's rule gives; ``dims_values`` are the inputs' symbolic shape
+    values where known (see ``InferContext.dims_value``)."""
     ctx = InferContext(
         definition.op, node_name, [None if v is None else v.type for v in inputs], attrs, consts,
-        n_outputs,
+        n_outputs, dims_values,
     )
     try:
         types = definition.infer(ctx)

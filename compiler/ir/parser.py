@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import KilnError, ParseError
+from . import symbolic
 from .builder import check_attrs
 from .graph import ElidedTensor, Graph, Node, Value
 from .op import Op
@@ -30,7 +31,7 @@ _TOKEN = re.compile(
   | (?P<number>-?(?:(?:inf|nan)\b|\d+(?:\.\d*)?(?:[eE][-+]?\d+)?))
   | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
   | (?P<arrow>->)
-  | (?P<punct>[()\[\]{}<>,:=?])
+  | (?P<punct>[()\[\]{}<>,:=?*+-])
     """,
     re.VERBOSE,
 )
@@ -245,15 +246,23 @@ class _Parser:
         while not self.accept("]"):
             if dims:
                 self.expect("punct", ",")
-            token = self.next()
-            if token.kind == "number" and token.text.isdigit():
-                dims.append(int(token.text))
-            elif token.kind == "word" or token.text == UNKNOWN:
-                dims.append(token.text)
-            else:
-                self.pos -= 1
-                raise self.fail("expected a dimension")
+            dims.append(self.dim())
         return TensorType(dtype, tuple(dims))
+
+    def dim(self) -> Dim:
+        """One dimension: an extent, ``?``, or a polynomial such as ``2*seq+1`` or ``b*s-1``
+        (read back in canonical form)."""
+        if self.accept(UNKNOWN):
+            return UNKNOWN
+        parts = []
+        while self.peek().kind in ("word", "number") or self.peek().text in ("*", "+", "-"):
+            parts.append(self.next().text)
+        text = "".join(parts)
+        if text.isdigit():
+            return int(text)
+        if symbolic.poly(text) is None:
+            raise self.fail("expected a dimension")
+        return symbolic.canonical(text)
 
     def type_list(self, closer: str) -> list[TensorType]:
         types: list[TensorType] = []

@@ -18,7 +18,8 @@ import numpy as np
 
 from ..errors import TypeInferenceError
 from .op import Group, Op
-from .types import DType, TensorType
+from .symbolic_values import dims_of_array
+from .types import Dim, DType, TensorType
 
 
 class AttrKind(enum.Enum):
@@ -117,6 +118,7 @@ class InferContext:
         attrs: Mapping[str, Any],
         consts: Sequence[np.ndarray | None],
         num_outputs: int,
+        dims_values: Sequence[tuple[Dim, ...] | None] = (),
     ) -> None:
         self.op = op
         self.node_name = node_name
@@ -124,6 +126,7 @@ class InferContext:
         self.attrs = attrs
         self.consts = list(consts)
         self.num_outputs = num_outputs
+        self.dims_values = list(dims_values)
 
     def fail(self, message: str) -> TypeInferenceError:
         where = f" (node {self.node_name!r})" if self.node_name else ""
@@ -145,6 +148,20 @@ class InferContext:
         if index >= len(self.consts):
             return None
         return self.consts[index]
+
+    def dims_value(self, index: int) -> tuple[Dim, ...] | None:
+        """The elements of an integer input of rank <= 1 as dims (a scalar as a 1-tuple) when
+        known: a constant's ints, or the symbolic shape value of a computed shape such as
+        ``Concat(Shape(x)[0:1], [-1])`` -> ``(batch, -1)`` (``kiln.compiler.ir.symbolic_values``);
+        elements may be ``UNKNOWN``. None when nothing is known."""
+        if not self.has_input(index):
+            return None
+        if index < len(self.dims_values) and self.dims_values[index] is not None:
+            return self.dims_values[index]
+        data = self.const(index)
+        if data is None:
+            return None
+        return dims_of_array(data)
 
     def attr(self, name: str) -> Any:
         return self.attrs.get(name)

@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from ..errors import TypeInferenceError
+from . import symbolic
 from .types import UNKNOWN, Dim
 
 
 def broadcast(*shapes: Sequence[Dim]) -> tuple[Dim, ...]:
-    """Numpy-style multidirectional broadcast; symbolic dims unify when equal or against 1."""
+    """Numpy-style multidirectional broadcast. Equal dims unify, 1 gives way to anything, a
+    static extent other than 1 wins over symbols (they must be 1 or equal to it at run time),
+    and two different symbolic dims give UNKNOWN (which one wins is decided at run time)."""
     rank = max((len(s) for s in shapes), default=0)
     result: list[Dim] = []
     for axis in range(rank):
@@ -48,21 +51,12 @@ def normalize_axes(axes: Iterable[int], rank: int, what: str = "axis") -> tuple[
 
 
 def product(dims: Iterable[Dim]) -> Dim:
-    """Product of dims: an int when all are static, else UNKNOWN (or the lone symbol times 1)."""
-    total = 1
-    symbols: list[Dim] = []
-    for d in dims:
-        if isinstance(d, int):
-            total *= d
-        else:
-            symbols.append(d)
-    if not symbols:
-        return total
-    if total == 0:
+    """Product of dims: an int when all are static, the symbolic polynomial when they are
+    polynomials, UNKNOWN when any is (a static 0 makes it 0 regardless)."""
+    dims = list(dims)
+    if any(d == 0 for d in dims):
         return 0
-    if len(symbols) == 1 and total == 1:
-        return symbols[0]
-    return UNKNOWN
+    return symbolic.product(dims)
 
 
 def same_dim(a: Dim, b: Dim) -> bool:

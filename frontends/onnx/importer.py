@@ -12,6 +12,7 @@ declares (outputs, value_info) are compared with Kiln's where both are known.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,6 +30,7 @@ from onnx import (
 )
 
 from kiln.compiler.errors import KilnError, TypeInferenceError, UnsupportedOpError
+from kiln.compiler.ir import symbolic
 from kiln.compiler.ir.builder import GraphBuilder, NameTable
 from kiln.compiler.ir.graph import Graph, Value
 from kiln.compiler.ir.op import Op
@@ -445,10 +447,19 @@ def _declared(type_proto: TypeProto, what: str) -> tuple[int, tuple[Dim, ...] | 
         if dim.HasField("dim_value") and dim.dim_value >= 0:
             dims.append(int(dim.dim_value))
         elif dim.HasField("dim_param") and dim.dim_param:
-            dims.append(dim.dim_param)
+            dims.append(_symbolic_dim(dim.dim_param))
         else:
             dims.append(UNKNOWN)
     return tensor.elem_type, tuple(dims)
+
+
+def _symbolic_dim(dim_param: str) -> Dim:
+    """A dim_param as a symbolic dim: an expression such as ``2*s0`` (torch's dynamo export)
+    becomes its polynomial, any other name an atom; never a static extent (a dim_param such as
+    ``"3"`` is a name, not a size)."""
+    # Words apart ("batch size") are one name, not a product or "batchsize".
+    dim = None if re.search(r"\w\s+\w", dim_param) else symbolic.canonical(dim_param)
+    return dim if isinstance(dim, str) else symbolic.atom_name(dim_param)
 
 
 def _value_type(info: ValueInfoProto, hint: TensorType | None, what: str) -> TensorType:

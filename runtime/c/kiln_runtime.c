@@ -136,6 +136,8 @@ struct kiln_instance {
     void **dynamic;             /* buffers allocated during runs (num_dynamic), kept */
     int64_t *dynamic_bytes;
     int64_t *output_shapes;     /* every output's extents after the last run, in order */
+    void **held;                /* outputs the instance holds for a caller that passed NULL */
+    int64_t *held_bytes;
     const void **output_data;   /* where each output of the last run is */
     int has_run;                /* a run completed: kiln_output answers */
     uint8_t *owned_weights;     /* external weights, or NULL */
@@ -498,6 +500,11 @@ KILN_API void kiln_destroy(kiln_instance *inst) {
     free(inst->dims);
     free(inst->output_shapes);
     free(inst->output_data);
+    for (int32_t j = 0; inst->held != NULL && j < kiln__model.num_outputs; j++) {
+        free(inst->held[j]);
+    }
+    free(inst->held);
+    free(inst->held_bytes);
     free(inst);
 }
 
@@ -593,8 +600,11 @@ KILN_API kiln_status kiln_create(int32_t num_threads, const char *weights_path,
     inst->dynamic_bytes = calloc((size_t)dynamic, sizeof *inst->dynamic_bytes);
     inst->output_shapes = calloc((size_t)output_rank_total() + 1, sizeof *inst->output_shapes);
     inst->output_data = calloc((size_t)outputs, sizeof *inst->output_data);
+    inst->held = calloc((size_t)outputs, sizeof *inst->held);
+    inst->held_bytes = calloc((size_t)outputs, sizeof *inst->held_bytes);
     if (inst->dims == NULL || inst->dynamic == NULL || inst->dynamic_bytes == NULL ||
-        inst->output_shapes == NULL || inst->output_data == NULL) {
+        inst->output_shapes == NULL || inst->output_data == NULL || inst->held == NULL ||
+        inst->held_bytes == NULL) {
         kiln_destroy(inst);
         return fail(KILN_ERROR_OUT_OF_MEMORY, "kiln_create: out of memory");
     }
@@ -732,6 +742,12 @@ static kiln_status bind_shapes(const char *what, const int64_t *const *shapes, i
                     "model was compiled for", what, name, (long long)info[1], (long long)info[2],
                     (long long)info[3], (long long)info[4]);
     }
+    if (code == KILN_BIND_EMPTY) {
+        return fail(KILN_ERROR_SHAPE,
+                    "%s: input '%s' axis %lld has extent %lld; the model was compiled with this "
+                    "axis free, which needs an extent of at least 1", what, name,
+                    (long long)info[1], (long long)info[2]);
+    }
     return fail(KILN_ERROR_SHAPE, "%s: input '%s' axis %lld has extent %lld, expected %lld",
                 what, name, (long long)info[1], (long long)info[2], (long long)info[3]);
 }
@@ -795,44 +811,57 @@ KILN_API kiln_status kiln_run_shaped(kiln_instance *inst, const void *const *inp
         status = check_buffers("input", kiln__model.inputs, kiln__model.num_inputs, inputs,
                                input_shapes);
     }
+    /* Outputs sized by the input shapes go to the caller's memory, or to memory the instance
+     * holds when the caller passed NULL; those whose shape needs values are the plan's own
+     * (dynamic buffers), copied to the caller's memory only when it gave some. */
+    void *stack_outputs[16];
+    void **targets = num_outputs <= 16 ? stack_outputs
+                                       : malloc((size_t)num_outputs * sizeof *targets);
+    if (status == KILN_OK && targets == NULL) {
+        status = fail(KILN_ERROR_OUT_OF_MEMORY, "%s: out of memory", what);
+    }
     int64_t *expected = inst->output_shapes;
     if (status == KILN_OK) output_shapes(inst->dims, 1, expected);
     for (int32_t j = 0, at = 0; status == KILN_OK && j < num_outputs; j++) {
         const kiln_tensor_info *info = &kiln__model.outputs[j];
-        int dynamic = kiln__model.output_dynamic != NULL && kiln__model.output_dynamic[j] >= 0;
-        int by_values = 0;
-        for (int32_t d = 0; d < info->rank; d++) by_values |= expected[at + d] < 0;
-        if (dynamic && by_values && outputs[j] != NULL) {
+        int by_values = kiln__model.output_dynamic != NULL && kiln__model.output_dynamic[j] >= 0;
+        int64_t bytes = element_count(expected + at, info->rank) * dtype_bytes(info->dtype);
+        targets[j] = outputs[j];
+        if (by_values && outputs[j] != NULL) {
             status = fail(KILN_ERROR_INVALID_ARGUMENT,
                           "%s: output %d ('%s') has a shape that depends on input values; pass "
                           "NULL and read it with kiln_output", what, (int)j, info->name);
-        } else if (!dynamic && outputs[j] == NULL && element_count(info->shape, info->rank)) {
-            status = fail(KILN_ERROR_INVALID_ARGUMENT, "%s: output %d ('%s') is NULL", what,
-                          (int)j, info->name);
+        } else if (!by_values && outputs[j] == NULL && bytes > 0) {
+            if (kiln__model.bind == NULL) {
+                status = fail(KILN_ERROR_INVALID_ARGUMENT, "%s: output %d ('%s') is NULL", what,
+                              (int)j, info->name);
+            } else if (bytes > inst->held_bytes[j] || inst->held[j] == NULL) {
+                void *grown = aligned_block(bytes);
+                if (grown == NULL) {
+                    status = fail(KILN_ERROR_OUT_OF_MEMORY, "%s: out of memory", what);
+                } else {
+                    free(inst->held[j]);
+                    inst->held[j] = grown;
+                    inst->held_bytes[j] = bytes;
+                }
+            }
+            if (status == KILN_OK) targets[j] = inst->held[j];
         }
         at += info->rank;
     }
-    if (status == KILN_OK) status = run_plan(inst, inputs, outputs, what);
+    if (status == KILN_OK) status = run_plan(inst, inputs, targets, what);
     if (status == KILN_OK) {
-        output_shapes(inst->dims, 0, inst->output_shapes);
+        if (kiln__model.num_dynamic > 0) output_shapes(inst->dims, 0, inst->output_shapes);
         const int64_t *shape = inst->output_shapes;
         for (int32_t j = 0; j < num_outputs; j++) {
             int32_t rank = kiln__model.outputs[j].rank;
             int32_t buffer = kiln__model.output_dynamic != NULL ? kiln__model.output_dynamic[j]
                                                                 : -1;
-            if (buffer < 0) {
-                inst->output_data[j] = outputs[j];
-            } else if (outputs[j] != NULL) {
-                int64_t bytes = element_count(shape, rank) *
-                                dtype_bytes(kiln__model.outputs[j].dtype);
-                if (bytes > 0) memcpy(outputs[j], inst->dynamic[buffer], (size_t)bytes);
-                inst->output_data[j] = outputs[j];
-            } else {
-                inst->output_data[j] = inst->dynamic[buffer];
-            }
+            inst->output_data[j] = buffer < 0 ? targets[j] : inst->dynamic[buffer];
             shape += rank;
         }
     }
+    if (targets != stack_outputs) free(targets);
     atomic_store(&inst->running, 0);
     return status;
 }

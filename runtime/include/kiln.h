@@ -80,12 +80,11 @@ kiln_status kiln_run(kiln_instance *instance, const void *const *inputs, void *c
  * needed): output_shapes[j] receives output j's rank extents; an extent that depends on input
  * values (a NonZero count) is -1. KILN_ERROR_SHAPE when an input shape does not fit.
  *
- * kiln_run_shaped: run on inputs of the given shapes. outputs[j] is caller memory for output j,
- * or NULL for an output with an extent of -1 in kiln_output_info: the instance then keeps the
- * result until its next run (non-NULL for such an output: it must have the room
- * kiln_infer_shapes implies, and the result is copied there; an output whose shape depends on
- * values must be NULL). kiln_output then gives where output j is and its extents (valid until
- * the instance's next run or destruction). */
+ * kiln_run_shaped: run on inputs of the given shapes. outputs[j] is caller memory for output j
+ * of the size kiln_infer_shapes implies, or, for an output with an extent of -1 in
+ * kiln_output_info, NULL: the instance then holds the result until its next run. An output whose
+ * shape depends on input values (-1 from kiln_infer_shapes) must be NULL. kiln_output then gives
+ * where output j is and its extents (valid until the instance's next run or destruction). */
 kiln_status kiln_infer_shapes(const int64_t *const *input_shapes, int64_t *const *output_shapes);
 kiln_status kiln_run_shaped(kiln_instance *instance, const void *const *inputs,
                             const int64_t *const *input_shapes, void *const *outputs);

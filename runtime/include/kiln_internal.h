@@ -26,12 +26,14 @@ typedef int32_t (*kiln_run_fn)(void *ctx, const void *const *inputs, void *const
                                uint8_t *arena, const uint8_t *weights, int64_t *dims);
 
 /* Models with run-time extents: read the input symbols from `input_shapes` into `dims` and
- * check every input extent. Returns 0, or KILN_BIND_EXTENT / KILN_BIND_BOUNDS with `info` =
- * {input, axis, extent given, extent expected (or smallest allowed), largest allowed (or -1)}. */
+ * check every input extent. Returns 0, or KILN_BIND_EXTENT / KILN_BIND_BOUNDS / KILN_BIND_EMPTY
+ * (a free axis of extent 0: symbols are at least 1) with `info` = {input, axis, extent given,
+ * extent expected (or smallest allowed), largest allowed (or -1)}. */
 typedef int32_t (*kiln_bind_fn)(const int64_t *const *input_shapes, int64_t *dims,
                                 int64_t *info);
 #define KILN_BIND_EXTENT 1
 #define KILN_BIND_BOUNDS 2
+#define KILN_BIND_EMPTY 3
 
 /* Write every output's extents, in output order, to `out`; with `before_run` nonzero an extent
  * that depends on values computed by the run is -1. */

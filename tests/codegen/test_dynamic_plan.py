@@ -10,6 +10,7 @@ kiln_infer_shapes) from a C program.
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,17 @@ from kiln.compiler.lower.from_graph import (
     interpret_lowered,
     with_dims_param,
 )
-from kiln.compiler.lower.kernel_ir import Buffer, Const, Kernel, Loop, LoopKind, Var, define_dim
+from kiln.compiler.lower.kernel_ir import (
+    DIMS,
+    Buffer,
+    Const,
+    Kernel,
+    Loop,
+    LoopKind,
+    Store,
+    Var,
+    define_dim,
+)
 from kiln.compiler.plan.plan import Place, make_plan
 from kiln.runtime import KilnRuntimeError, load
 from kiln.runtime.abi import Status
@@ -112,14 +123,29 @@ def test_a_kernel_using_an_extent_nobody_sets_is_a_compile_error() -> None:
 def test_one_library_runs_every_batch_size(library: Path) -> None:
     model = load(str(library))
     assert str(model.inputs[0]) == "x: float32[?,4]" and model.outputs[0].shape == (None,)
-    for batch in (1, 1000, 3, 0, 1):  # grows the arena, then reuses it
+    for batch in (1, 1000, 3, 1):  # grows the arena, then reuses it
         x = np.random.default_rng(batch).standard_normal((batch, 4)).astype(np.float32)
-        if batch == 0:
-            with pytest.raises(KilnRuntimeError):  # count = -1: a negative extent
-                model.run({"x": x})
-            continue
         (got,) = model.run({"x": x})
         np.testing.assert_array_equal(got, _expected(x))
+
+
+def test_a_free_axis_needs_an_extent_of_at_least_one(library: Path) -> None:
+    # the type rules take every symbol as >= 1 (x[:, 1:] has seq-1 rows)
+    with pytest.raises(KilnRuntimeError, match="axis 0 has extent 0; the model was compiled "
+                                               "with this axis free") as error:
+        load(str(library)).run({"x": np.zeros((0, 4), np.float32)})
+    assert error.value.status is Status.SHAPE
+
+
+def test_a_negative_extent_set_by_a_kernel_stops_the_run(tmp_path: Path) -> None:
+    lowered = _graph()
+    shape_kernel = lowered.steps[1].kernels[0]
+    count = shape_kernel.body.indices[0]  # type: ignore[attr-defined]
+    negative = replace(shape_kernel, body=Store(DIMS, (count,), Const(-2, DType.I64)))
+    steps = (lowered.steps[0], replace(lowered.steps[1], kernels=(negative,)), lowered.steps[2])
+    model = load(str(_library(replace(lowered, steps=steps), tmp_path)))
+    with pytest.raises(KilnRuntimeError, match="negative extent for %y axis 0"):
+        model.run({"x": np.ones((2, 4), np.float32)})
 
 
 def test_shapes_are_inferred_before_running(library: Path) -> None:

@@ -3,9 +3,9 @@ inputs keep free axes compile once with ``kiln compile`` (no --input-shape) and 
 onnxruntime at several sizes.
 
 - scikit-learn: skl2onnx exports ``X`` as ``[None, n_features]`` (an unnamed batch dim).
-- PyTorch: an embedding + self-attention block exported with a dynamic ``batch`` and ``seq``
-  axis by both exporters (the tracing one computes every reshape target from Shape ops at run
-  time; the dynamo one names the symbols).
+- PyTorch: an embedding + self-attention encoder (``zoo.AttentionEncoder``) exported with a
+  dynamic ``batch`` and ``seq`` axis by both exporters (the tracing one computes every reshape
+  target from Shape ops at run time; the dynamo one names the symbols).
 """
 
 from __future__ import annotations
@@ -85,25 +85,24 @@ def test_torch_model_with_dynamic_batch_and_sequence(exporter: str, tmp_path: Pa
         with torch.no_grad():
             np.testing.assert_allclose(got[0], module(torch.from_numpy(ids)).numpy(),
                                        rtol=1e-4, atol=1e-5)
-        check_and_record("PyTorch", exporter, f"BERT-style encoder (dynamic {batch}x{seq})",
+        check_and_record("PyTorch", exporter, f"attention encoder (dynamic {batch}x{seq})",
                          got, expected, 1e-4, 1e-5)
 
 
 def _encoder(torch: object) -> object:
-    """A one-layer BERT-style encoder (token + position embeddings, self-attention, GELU MLP,
-    LayerNorms) at width 16: positions up to 512."""
-    from zoo import BertStyleEncoder
+    """``zoo.AttentionEncoder`` at width 16, positions up to 512."""
+    from zoo import AttentionEncoder
 
     torch.manual_seed(0)  # type: ignore[attr-defined]
-    return BertStyleEncoder(50, 512, hidden=16, heads=2, layers=1).eval()
+    return AttentionEncoder().eval()
 
 
 def _export(module: object, torch: object, path: Path, exporter: str) -> Path:
     from torch_export import export
 
     ids = torch.randint(0, 50, (2, 8))  # type: ignore[attr-defined]
-    return export(module, [ids], path, exporter, ["ids"], ["hidden"],  # type: ignore[arg-type]
-                  {"ids": {0: "batch", 1: "seq"}, "hidden": {0: "batch", 1: "seq"}})
+    return export(module, [ids], path, exporter, ["ids"], ["logits"],  # type: ignore[arg-type]
+                  {"ids": {0: "batch", 1: "seq"}, "logits": {0: "batch"}})
 
 
 def test_bounds_size_the_arena_and_are_checked(tmp_path: Path) -> None:

@@ -201,18 +201,6 @@ def test_nonzero_of_constant() -> None:
     check_node(Op.NONZERO, [np.array([[True, False]])], consts=[0])
 
 
-@pytest.mark.parametrize("op", [Op.UNIQUE, Op.NON_MAX_SUPPRESSION])
-def test_data_dependent_ops_fail_clearly(op: Op) -> None:
-    if op is Op.UNIQUE:
-        graph, _ = node_graph(op, [np.array([3, 1, 3], np.int64)], None, consts=[0])
-    else:
-        boxes = np.array([[[0, 0, 1, 1], [0, 0, 1, 1.1]]], np.float32)
-        scores = np.array([[[0.9, 0.8]]], np.float32)
-        graph, _ = node_graph(op, [boxes, scores, i64(1)], None, consts=[0, 1, 2])
-    with pytest.raises(KilnError, match="depends? on input values"):
-        lower_graph(graph)
-
-
 # ------------------------------------------------------------------------- compiled path
 
 def test_compiled_gathers_and_scatters() -> None:

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from kiln.compiler import reference
-from kiln.compiler.errors import KilnError
 from kiln.compiler.ir.builder import GraphBuilder
 from kiln.compiler.ir.graph import Graph, Value
 from kiln.compiler.ir.op import Op
@@ -112,13 +111,6 @@ def test_stft(window: bool, onesided: int, parts: int) -> None:
     inputs.append(np.hanning(8).astype(np.float32) if window else None)
     inputs.append(np.array(8, np.int64))
     check(Op.STFT, inputs, {"onesided": onesided}, feeds)
-
-
-def test_dft_length_must_be_constant() -> None:
-    feeds = {"x": np.zeros((2, 4, 1), np.float32), "n": np.array(4)}
-    graph = graph_of(Op.DFT, ["x", "n"], {}, feeds)
-    with pytest.raises(KilnError, match="dynamic shapes are not supported"):
-        lower_graph(graph)
 
 
 # ---------------------------------------------------------------- MelWeightMatrix

@@ -117,6 +117,39 @@ class BertStyleEncoder(nn.Module):
         return self.final_norm(self.encoder(embedded))
 
 
+class AttentionEncoder(nn.Module):
+    """Token + position embeddings, one pre-norm self-attention block written with plain
+    tensor ops, a GELU MLP and a mean-pooled linear head. Unlike nn.MultiheadAttention, whose
+    tracing export writes the traced sequence length into a Reshape, every reshape here follows
+    the input's shape: the export stays valid for any batch and sequence length."""
+
+    def __init__(self, vocab: int = 50, positions: int = 512, hidden: int = 16,
+                 heads: int = 2) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, hidden)
+        self.positions = nn.Embedding(positions, hidden)
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+        self.norm1 = nn.LayerNorm(hidden)
+        self.norm2 = nn.LayerNorm(hidden)
+        self.mlp = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.GELU(),
+                                 nn.Linear(2 * hidden, hidden))
+        self.head = nn.Linear(hidden, 3)
+        self.heads = heads
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        batch, sequence = ids.shape
+        positions = torch.arange(sequence, device=ids.device).unsqueeze(0)
+        x = self.tokens(ids) + self.positions(positions)
+        width = x.shape[-1] // self.heads
+        q, k, v = (t.reshape(batch, sequence, self.heads, width).transpose(1, 2)
+                   for t in self.qkv(self.norm1(x)).chunk(3, dim=-1))
+        attention = torch.softmax(q @ k.transpose(-1, -2) / width ** 0.5, dim=-1)
+        x = x + self.proj((attention @ v).transpose(1, 2).reshape(batch, sequence, -1))
+        x = x + self.mlp(self.norm2(x))
+        return self.head(x.mean(dim=1))
+
+
 class InvertedResidual(nn.Module):
     """MobileNetV2's block: 1x1 expand conv + BN + ReLU6, 3x3 depthwise conv + BN + ReLU6,
     1x1 project conv + BN, plus the input when stride is 1 and the widths match."""

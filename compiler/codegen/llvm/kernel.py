@@ -136,9 +136,12 @@ class FunctionEmitter(ExprEmitter):
         """The address of ``buffer``'s element at ``indices``, ``buffer`` starting at ``base``."""
         offset: ir.Value | None = None
         for index, stride in zip(indices, buffer.element_strides, strict=True):
-            if stride == 0:
-                continue
-            term = index if stride == 1 else self.builder.mul(index, I64(stride))
+            if isinstance(stride, int):
+                if stride == 0:
+                    continue
+                term = index if stride == 1 else self.builder.mul(index, I64(stride))
+            else:  # an extent known only at run time
+                term = self.builder.mul(index, self.expr(stride))
             offset = term if offset is None else self.builder.add(offset, term)
         if offset is None:
             return base

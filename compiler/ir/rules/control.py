@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import TypeInferenceError
+from .. import symbolic
 from ..graph import Graph, Value
 from ..op import Group, Op
 from ..schema import GRAPH, INT, INTS, REQUIRED, InferContext, define
@@ -134,8 +135,14 @@ def _loop(ctx: InferContext) -> list[TensorType]:
     finals = _check_carried(ctx, initial, body.inputs[2:], body.outputs[1:1 + n])
     trips: Dim = UNKNOWN
     limit, cond = _scalar_const(ctx, 0), _scalar_const(ctx, 1)
-    if limit is not None and (not ctx.has_input(1) or cond) and _never_stops_early(body):
+    runs_every_trip = (not ctx.has_input(1) or cond) and _never_stops_early(body)
+    if limit is not None and runs_every_trip:
         trips = max(int(limit), 0)
+    elif runs_every_trip:
+        # A trip count computed from symbolic dims (a loop over Shape(x)[1]: seq steps).
+        found = ctx.dims_value(0)
+        if found is not None and symbolic.provably_nonnegative(found[0]):
+            trips = found[0]
     scans = [TensorType(v.type.dtype, (trips, *v.type.shape)) for v in body.outputs[1 + n:]]
     return finals + scans
 

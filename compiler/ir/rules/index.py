@@ -12,7 +12,7 @@ from ..op import Group, Op
 from ..schema import INT, STRING, InferContext, define
 from ..shapes import same_dim
 from ..types import UNKNOWN, Dim, DType, TensorType
-from .movement import INDEX_TYPES, checked_axis, const_ints, unify
+from .movement import INDEX_TYPES, checked_axis, dims_input, unify
 
 SCATTER_REDUCTIONS = ("none", "add", "mul", "max", "min")
 _I64 = frozenset({DType.I64})
@@ -143,8 +143,9 @@ def _one_hot(ctx: InferContext) -> list[TensorType]:
         raise ctx.fail(f"depth must hold one element and values two; got {depth_t}, {values}")
     rank = indices.rank + 1
     axis = checked_axis(ctx, ctx.attr("axis"), rank)
-    depth = ctx.const(1)
-    extent = UNKNOWN if depth is None else int(np.asarray(depth).reshape(-1)[0])
+    depth, known = ctx.const(1), dims_input(ctx, 1)
+    extent = (int(np.asarray(depth).reshape(-1)[0]) if depth is not None
+              else UNKNOWN if known is None else known[0])
     if isinstance(extent, int) and extent < 1:
         raise ctx.fail(f"depth must be positive, got {extent}")
     return [values.with_shape(indices.shape[:axis] + (extent,) + indices.shape[axis:])]
@@ -212,9 +213,9 @@ def _topk(ctx: InferContext) -> list[TensorType]:
     if x.rank == 0:
         raise ctx.fail("X must have rank >= 1")
     axis = checked_axis(ctx, ctx.attr("axis"), x.rank)
-    k = const_ints(ctx, 1)
+    k = dims_input(ctx, 1)
     extent = UNKNOWN if k is None else k[0]
-    if k is not None:
+    if k is not None and isinstance(k[0], int):
         if k[0] < 0:
             raise ctx.fail(f"K must be non-negative, got {k[0]}")
         dim = x.shape[axis]

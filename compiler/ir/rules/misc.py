@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import KilnError
+from .. import symbolic
 from ..graph import ElidedTensor
 from ..op import Group, Op
 from ..schema import (
@@ -121,9 +122,9 @@ def _dft(ctx: InferContext) -> list[TensorType]:
     if ctx.has_input(1):
         n = UNKNOWN if length is None else int(length)
     elif onesided and inverse:
-        n = 2 * (n - 1) if isinstance(n, int) else UNKNOWN
+        n = symbolic.mul(symbolic.sub(n, 1), 2)
     if onesided and not inverse:
-        n = n // 2 + 1 if isinstance(n, int) else UNKNOWN
+        n = n // 2 + 1 if isinstance(n, int) else symbolic.add(symbolic.floordiv(n, 2), 1)
     shape = list(x.shape)
     shape[axis], shape[-1] = n, out_parts
     return [x.with_shape(tuple(shape))]

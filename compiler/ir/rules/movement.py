@@ -1,10 +1,13 @@
 """Type rules of the movement ops (data rearranged, not computed) and the shape ops.
 
 Several rules read the VALUE of an input (Reshape's shape, Slice's starts, Pad's pads...): when
-``ctx.const`` knows it they give exact extents, else ``UNKNOWN`` ones. The arithmetic that both a
-rule and its numpy kernel need (slice bounds, reshape targets, split sizes, resize extents) lives
-here once, over dims, and the kernels in ``kiln.compiler.reference.kernels.movement`` call it with
-concrete ints.
+``ctx.dims_value`` knows it (a constant, or a shape computed from symbolic dims such as
+``(batch, seq, 4, -1)``) they give exact, possibly symbolic, extents, else ``UNKNOWN`` ones.
+Symbolic extents follow the convention of input symbols: each symbol is at least 1, so
+``x[:, 1:]`` of a ``seq`` axis is ``seq-1``; an extent that is right only for some sizes
+(``x[:, :8]`` of ``seq``) is ``UNKNOWN``. The arithmetic that both a rule and its numpy kernel
+need (slice bounds, reshape targets, split sizes, resize extents) lives here once, over dims,
+and the kernels in ``kiln.compiler.reference.kernels.movement`` call it with concrete ints.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ...errors import TypeInferenceError
+from .. import symbolic
 from ..op import Group, Op
 from ..schema import (
     DTYPE_ATTR,
@@ -52,13 +56,17 @@ def vector_length(ctx: InferContext, index: int, what: str) -> int:
     return found.shape[0]
 
 
-def dim_sum(dims: Sequence[Dim]) -> Dim:
-    """Sum of extents: an int when all are static; a lone symbol plus zeros stays that symbol."""
-    static = sum(d for d in dims if isinstance(d, int))
-    symbols = [d for d in dims if not isinstance(d, int)]
-    if not symbols:
-        return static
-    return symbols[0] if len(symbols) == 1 and static == 0 else UNKNOWN
+def dims_input(ctx: InferContext, index: int) -> list[Dim] | None:
+    """The value of an integer input as dims (see ``InferContext.dims_value``), else None."""
+    found = ctx.dims_value(index)
+    return None if found is None else list(found)
+
+
+def ints_of(dims: Sequence[Dim] | None) -> list[int] | None:
+    """``dims`` when they are all static, else None."""
+    if dims is None or not all(isinstance(d, int) for d in dims):
+        return None
+    return [int(d) for d in dims]
 
 
 def unify(a: Dim, b: Dim) -> Dim:
@@ -71,17 +79,19 @@ def unify(a: Dim, b: Dim) -> Dim:
 
 
 def reshape_dims(
-    source: Sequence[Dim], target: Sequence[int], allowzero: int,
+    source: Sequence[Dim], target: Sequence[Dim], allowzero: int,
     fail: Callable[[str], Exception],
 ) -> tuple[Dim, ...]:
-    """Reshape's output dims: 0 copies the input extent (unless allowzero), -1 is inferred."""
+    """Reshape's output dims: 0 copies the input extent (unless allowzero), -1 is inferred. A
+    symbolic target entry is an extent (symbols are at least 1, so it is neither marker); an
+    UNKNOWN one gives an UNKNOWN extent whatever it turns out to be."""
     if target.count(-1) > 1:
         raise fail(f"shape {list(target)} has more than one -1")
     if allowzero and -1 in target and 0 in target:
         raise fail(f"shape {list(target)} has both -1 and 0 while allowzero=1")
     out: list[Dim] = []
     for i, t in enumerate(target):
-        if t < -1:
+        if isinstance(t, int) and t < -1:
             raise fail(f"shape {list(target)} has invalid entry {t}")
         if t == 0 and not allowzero:
             if i >= len(source):
@@ -100,30 +110,18 @@ def reshape_dims(
 
 
 def _infer_minus_one(source: list[Dim], known: list[Dim], fail: Callable[[str], Exception]) -> Dim:
-    # Cancel symbols present on both sides, then divide the static factors: [b,4,6] -> [b,-1]
-    # gives 24, [b,4,6] -> [-1,24] gives b, [b,6] -> [6,-1] gives b.
-    rest = [d for d in known if not isinstance(d, int)]
-    left: list[Dim] = []
-    for d in source:
-        if not isinstance(d, int) and d != UNKNOWN and d in rest:
-            rest.remove(d)
-        elif not isinstance(d, int):
-            left.append(d)
-    total = product(d for d in source if isinstance(d, int))
-    divisor = product(d for d in known if isinstance(d, int))
-    assert isinstance(total, int) and isinstance(divisor, int)
-    if rest or (left and (divisor == 0 or total % divisor)):
-        return UNKNOWN
+    total, divisor = product(source), product(known)
+    if not (isinstance(total, int) and isinstance(divisor, int)):
+        # Exact polynomial division: [b,4,6] -> [b,-1] gives 24, [b*s,8] -> [b,-1] gives 8*s;
+        # anything inexact ([b,6] -> [4,-1]) is known only at run time.
+        return symbolic.floordiv(total, divisor)
     if divisor == 0:
         if total != 0:
             raise fail(f"cannot infer -1: {total} elements into a zero-sized shape")
         return 0
     if total % divisor:
         raise fail(f"cannot infer -1: {total} elements are not divisible by {divisor}")
-    quotient = total // divisor
-    if not left:
-        return quotient
-    return left[0] if len(left) == 1 and quotient == 1 else UNKNOWN
+    return total // divisor
 
 
 def slice_bounds(start: int, end: int, step: int, dim: int) -> tuple[int, int, int]:
@@ -144,9 +142,9 @@ def slice_bounds(start: int, end: int, step: int, dim: int) -> tuple[int, int, i
 
 
 def slice_params(
-    rank: int, starts: list[int], ends: list[int], axes: list[int] | None,
+    rank: int, starts: Sequence[Dim], ends: Sequence[Dim], axes: list[int] | None,
     steps: list[int] | None, fail: Callable[[str], Exception],
-) -> list[tuple[int, int, int, int]]:
+) -> list[tuple[int, Dim, Dim, int]]:
     """Validated (axis, start, end, step) per sliced axis."""
     axes = list(range(len(starts))) if axes is None else axes
     steps = [1] * len(starts) if steps is None else steps
@@ -170,8 +168,8 @@ def split_sizes(dim: int, n: int) -> list[int]:
     return [chunk] * (n - 1) + [dim - chunk * (n - 1)]
 
 
-def pad_widths(rank: int, pads: list[int], axes: list[int] | None,
-               fail: Callable[[str], Exception]) -> list[tuple[int, int]]:
+def pad_widths(rank: int, pads: Sequence[Dim], axes: list[int] | None,
+               fail: Callable[[str], Exception]) -> list[tuple[Dim, Dim]]:
     """(begin, end) pad per axis of the input from Pad's pads and optional axes."""
     axes = list(range(rank)) if axes is None else axes
     if len(pads) != 2 * len(axes):
@@ -180,7 +178,7 @@ def pad_widths(rank: int, pads: list[int], axes: list[int] | None,
         norm = normalize_axes(axes, rank)
     except TypeInferenceError as error:
         raise fail(str(error)) from None
-    widths = [(0, 0)] * rank
+    widths: list[tuple[Dim, Dim]] = [(0, 0)] * rank
     for i, axis in enumerate(norm):
         widths[axis] = (pads[i], pads[len(axes) + i])
     return widths
@@ -243,7 +241,7 @@ def _reshape(ctx: InferContext) -> list[TensorType]:
     """Data viewed with a new shape (0 copies an extent, -1 infers one)."""
     x = ctx.input(0)
     ctx.require_dtype(1, _I64)
-    target = const_ints(ctx, 1)
+    target = dims_input(ctx, 1)
     if target is None:
         n = vector_length(ctx, 1, "shape")
         return [x.with_shape((UNKNOWN,) * n)]
@@ -321,7 +319,7 @@ def _concat(ctx: InferContext) -> list[TensorType]:
                 if not same_dim(shape[d], t.shape[d]):
                     raise ctx.fail(f"input {i} is {t}; extent {d} does not match {first}")
                 shape[d] = unify(shape[d], t.shape[d])
-    shape[axis] = dim_sum([t.shape[axis] for t in types])
+    shape[axis] = symbolic.total(t.shape[axis] for t in types)
     return [first.with_shape(tuple(shape))]
 
 
@@ -340,19 +338,21 @@ def _split(ctx: InferContext) -> list[TensorType]:
     if ctx.has_input(1):
         if num_outputs is not None:
             raise ctx.fail("split and num_outputs cannot both be given")
-        given = const_ints(ctx, 1)
+        given = dims_input(ctx, 1)
         if given is None:
             sizes = [UNKNOWN] * n
         else:
-            if len(given) != n or min(given, default=0) < 0:
+            if len(given) != n or any(isinstance(g, int) and g < 0 for g in given):
                 raise ctx.fail(f"split {given} does not give {n} non-negative sizes")
-            if isinstance(dim, int) and sum(given) != dim:
+            total = symbolic.total(given)
+            if isinstance(dim, int) and isinstance(total, int) and total != dim:
                 raise ctx.fail(f"split {given} does not sum to the extent {dim} of axis {axis}")
             sizes = list(given)
     elif isinstance(dim, int):
         sizes = [d if d >= 0 else UNKNOWN for d in split_sizes(dim, n)]
     else:
-        sizes = [UNKNOWN] * n
+        # Equal chunks of a symbolic extent are exact only when n divides it (2*s in 2: s).
+        sizes = [symbolic.floordiv(dim, n)] * n
     return [x.with_shape(x.shape[:axis] + (s,) + x.shape[axis + 1:]) for s in sizes]
 
 
@@ -364,9 +364,9 @@ def _slice(ctx: InferContext) -> list[TensorType]:
     for i in range(1, 5):
         if ctx.has_input(i):
             ctx.require_dtype(i, INDEX_TYPES)
-    starts, ends = const_ints(ctx, 1), const_ints(ctx, 2)
+    starts, ends = dims_input(ctx, 1), dims_input(ctx, 2)
     axes = const_ints(ctx, 3)
-    steps = const_ints(ctx, 4)
+    steps = ints_of(dims_input(ctx, 4))
     if ctx.has_input(3) and axes is None:
         return [x.with_shape((UNKNOWN,) * x.rank)]
     if starts is None or ends is None or (ctx.has_input(4) and steps is None):
@@ -377,19 +377,49 @@ def _slice(ctx: InferContext) -> list[TensorType]:
     shape = list(x.shape)
     for axis, start, end, step in slice_params(x.rank, starts, ends, axes, steps, ctx.fail):
         dim = shape[axis]
-        if isinstance(dim, int):
+        if isinstance(dim, int) and isinstance(start, int) and isinstance(end, int):
             shape[axis] = slice_bounds(start, end, step, dim)[2]
-        elif not _whole_axis(start, end, step):
-            shape[axis] = UNKNOWN
+        else:
+            shape[axis] = _symbolic_slice_extent(dim, start, end, step)
     return [x.with_shape(tuple(shape))]
 
 
-def _whole_axis(start: int, end: int, step: int) -> bool:
-    """True when a slice keeps a whole axis of any extent (in order or reversed)."""
-    big = 2**31 - 1
-    if step == 1:
-        return (start == 0 or start <= -big) and end >= big
-    return step == -1 and (start == -1 or start >= big) and end <= -big
+_BIG = 2**31 - 1  # bounds beyond this mean "to the end" whatever the extent
+
+
+def _symbolic_slice_extent(dim: Dim, start: Dim, end: Dim, step: int) -> Dim:
+    """The extent of a slice whose axis extent or bounds are symbolic, where it is the same
+    for every size of the symbols (each at least 1), else UNKNOWN."""
+    if isinstance(start, int) and isinstance(end, int) and step in (1, -1):
+        if step == 1 and (start == 0 or start <= -_BIG) and end >= _BIG:
+            return dim
+        if step == -1:
+            return dim if (start == -1 or start >= _BIG) and end <= -_BIG else UNKNOWN
+    if step != 1:
+        return UNKNOWN
+    low, high = _slice_position(start, dim), _slice_position(end, dim)
+    if low is None or high is None:
+        return UNKNOWN
+    extent = symbolic.sub(high, low)
+    return extent if symbolic.provably_nonnegative(extent) else UNKNOWN
+
+
+def _slice_position(bound: Dim, dim: Dim) -> Dim | None:
+    """Where a slice bound lands on an axis of extent ``dim`` (negative bounds count from the
+    end), when it is provably within [0, dim] so that clamping leaves it alone; else None."""
+    if isinstance(bound, int) and bound >= _BIG:
+        return dim
+    if isinstance(bound, int) and bound <= -_BIG:
+        return 0
+    if isinstance(bound, int) and bound < 0:
+        position = symbolic.add(dim, bound)
+    elif symbolic.provably_nonnegative(bound):
+        position = bound
+    else:
+        return None
+    inside = (symbolic.provably_nonnegative(position)
+              and symbolic.provably_nonnegative(symbolic.sub(dim, position)))
+    return position if inside else None
 
 
 @define(Op.EXPAND, ["input", "shape"], ["output"], {}, Group.MOVEMENT)
@@ -397,7 +427,7 @@ def _expand(ctx: InferContext) -> list[TensorType]:
     """Input broadcast against shape."""
     x = ctx.input(0)
     ctx.require_dtype(1, _I64)
-    target = const_ints(ctx, 1)
+    target = dims_input(ctx, 1)
     if target is None:
         n = vector_length(ctx, 1, "shape")
         rank = max(n, x.rank)
@@ -415,12 +445,12 @@ def _tile(ctx: InferContext) -> list[TensorType]:
     """Input repeated along each axis."""
     x = ctx.input(0)
     ctx.require_dtype(1, _I64)
-    repeats = const_ints(ctx, 1)
+    repeats = dims_input(ctx, 1)
     if repeats is None:
         if vector_length(ctx, 1, "repeats") != x.rank:
             raise ctx.fail(f"repeats must have one entry per axis of {x}")
         return [x.with_shape((UNKNOWN,) * x.rank)]
-    if len(repeats) != x.rank or min(repeats, default=0) < 0:
+    if len(repeats) != x.rank or any(isinstance(r, int) and r < 0 for r in repeats):
         raise ctx.fail(f"repeats {repeats} must be {x.rank} non-negative counts")
     return [x.with_shape(tuple(product((d, r)) if r != 1 else d
                                for d, r in zip(x.shape, repeats, strict=True)))]
@@ -439,7 +469,7 @@ def _pad(ctx: InferContext) -> list[TensorType]:
     ctx.require_dtype(1, INDEX_TYPES)
     if ctx.has_input(2) and ctx.input(2).dtype != x.dtype:
         raise ctx.fail(f"constant_value is {ctx.input(2).dtype.value}, data is {x.dtype.value}")
-    pads, axes = const_ints(ctx, 1), const_ints(ctx, 3)
+    pads, axes = dims_input(ctx, 1), const_ints(ctx, 3)
     if pads is None or (ctx.has_input(3) and axes is None):
         if axes is None and ctx.has_input(3):
             return [x.with_shape((UNKNOWN,) * x.rank)]
@@ -449,7 +479,7 @@ def _pad(ctx: InferContext) -> list[TensorType]:
     widths = pad_widths(x.rank, pads, axes, ctx.fail)
     shape = []
     for d, (lo, hi) in zip(x.shape, widths, strict=True):
-        shape.append(dim_sum([d, lo + hi]) if lo + hi else d)
+        shape.append(symbolic.total((d, lo, hi)) if (lo, hi) != (0, 0) else d)
         if isinstance(shape[-1], int) and shape[-1] < 0:
             raise ctx.fail(f"pads {pads} crop more than the extent {d}")
     return [x.with_shape(tuple(shape))]
@@ -463,7 +493,7 @@ def _center_crop_pad(ctx: InferContext) -> list[TensorType]:
     ctx.require_dtype(1, INDEX_TYPES)
     axes = ctx.attr("axes")
     norm = checked_axes(ctx, range(x.rank) if axes is None else axes, x.rank)
-    target = const_ints(ctx, 1)
+    target = dims_input(ctx, 1)
     if target is not None and len(target) != len(norm):
         raise ctx.fail(f"shape {target} must have one entry per axis in {list(norm)}")
     shape = list(x.shape)
@@ -494,9 +524,7 @@ def _block_rule(ctx: InferContext) -> list[TensorType]:
 
 
 def _div(d: Dim, k: int) -> Dim:
-    if k == 1:
-        return d
-    return d // k if isinstance(d, int) else UNKNOWN
+    return d // k if isinstance(d, int) else symbolic.floordiv(d, k)
 
 
 _BLOCK_ATTRS = {"blocksize": INT(REQUIRED), "mode": STRING("DCR")}
@@ -555,17 +583,36 @@ def _resize(ctx: InferContext) -> list[TensorType]:
     else:
         ctx.require_dtype(3, _I64)
     scales = ctx.const(2) if has_scales else None
-    sizes = const_ints(ctx, 3) if has_sizes else None
-    if (scales is None and sizes is None) or not all(isinstance(x.shape[a], int) for a in axes):
+    sizes = dims_input(ctx, 3) if has_sizes else None
+    if scales is None and sizes is None:
         return [x.with_shape(tuple(UNKNOWN if i in axes else d for i, d in enumerate(x.shape)))]
-    given = sizes if sizes is not None else list(np.asarray(scales).reshape(-1))
-    if len(given) != len(axes):
-        raise ctx.fail(f"{'sizes' if sizes is not None else 'scales'} has {len(given)} entries"
+    factors = None if scales is None else [float(v) for v in np.asarray(scales).reshape(-1)]
+    count = len(sizes) if sizes is not None else len(factors or ())
+    if count != len(axes):
+        raise ctx.fail(f"{'sizes' if sizes is not None else 'scales'} has {count} entries"
                        f" for {len(axes)} axes")
-    in_dims = [d if isinstance(d, int) else 1 for d in x.shape]
-    out, _ = resize_extents(in_dims, axes, None if scales is None else given, sizes,
-                            ctx.attr("keep_aspect_ratio_policy"))
-    return [x.with_shape(tuple(out[i] if i in axes else d for i, d in enumerate(x.shape)))]
+    static_sizes = ints_of(sizes)
+    policy = ctx.attr("keep_aspect_ratio_policy")
+    if all(isinstance(x.shape[a], int) for a in axes) and (
+            factors is not None or static_sizes is not None):
+        in_dims = [d if isinstance(d, int) else 1 for d in x.shape]
+        out, _ = resize_extents(in_dims, axes, factors, static_sizes, policy)
+        return [x.with_shape(tuple(out[i] if i in axes else d for i, d in enumerate(x.shape)))]
+    shape = list(x.shape)
+    for i, a in enumerate(axes):
+        if factors is not None:
+            shape[a] = _resized_by_scale(shape[a], factors[i])
+        else:
+            assert sizes is not None
+            shape[a] = sizes[i] if policy == "stretch" else UNKNOWN
+    return [x.with_shape(tuple(shape))]
+
+
+def _resized_by_scale(dim: Dim, scale: float) -> Dim:
+    """floor(dim * scale) where it is known: static, or a whole scale of a symbolic extent."""
+    if isinstance(dim, int):
+        return math.floor(dim * scale)
+    return symbolic.mul(dim, int(scale)) if scale.is_integer() else UNKNOWN
 
 
 @define(Op.BIT_CAST, ["input"], ["output"], {"to": DTYPE_ATTR(REQUIRED)}, Group.MOVEMENT)
@@ -604,10 +651,10 @@ def _constant_of_shape(ctx: InferContext) -> list[TensorType]:
     dtype = DType.F32 if value is None else DType.from_numpy(value.dtype)
     if value is not None and value.size != 1:
         raise ctx.fail(f"value must hold one element, got shape {list(value.shape)}")
-    shape = const_ints(ctx, 0)
+    shape = dims_input(ctx, 0)
     if shape is None:
         return [TensorType(dtype, (UNKNOWN,) * vector_length(ctx, 0, "input"))]
-    if min(shape, default=0) < 0:
+    if min((d for d in shape if isinstance(d, int)), default=0) < 0:
         raise ctx.fail(f"shape {shape} has a negative extent")
     return [TensorType(dtype, tuple(shape))]
 
@@ -639,8 +686,22 @@ def _range(ctx: InferContext) -> list[TensorType]:
                            f"is {t}")
     start, limit, delta = (ctx.const(i) for i in range(3))
     if start is None or limit is None or delta is None:
-        return [TensorType(dtype, (UNKNOWN,))]
+        return [TensorType(dtype, (_symbolic_range_length(ctx),))]
     return [TensorType(dtype, (range_length(start, limit, delta, ctx.fail),))]
+
+
+def _symbolic_range_length(ctx: InferContext) -> Dim:
+    """Range's length from symbolic bounds (``range(0, seq)``: seq) where it is exact, the
+    count being a whole quotient that is never negative; else UNKNOWN."""
+    start, limit, delta = (ctx.dims_value(i) for i in range(3))
+    if start is None or limit is None or delta is None or not isinstance(delta[0], int):
+        return UNKNOWN
+    step = delta[0]
+    if step == 0:
+        raise ctx.fail("delta must not be 0")
+    span = symbolic.sub(limit[0], start[0]) if step > 0 else symbolic.sub(start[0], limit[0])
+    count = symbolic.floordiv(span, abs(step))
+    return count if symbolic.provably_nonnegative(count) else UNKNOWN
 
 
 def range_length(start: np.ndarray, limit: np.ndarray, delta: np.ndarray,

@@ -3,6 +3,7 @@ DeformConv, Col2Im and CausalConvWithState."""
 
 from __future__ import annotations
 
+from .. import symbolic
 from ..op import Group, Op
 from ..schema import INT, INTS, STRING, InferContext, define
 from ..shapes import product, same_dim
@@ -38,7 +39,7 @@ def check_conv_operands(
                 f"weight {w} has {w.shape[0]} input channels; the input {x} has {channels}"
             )
         per_group = w.shape[1]
-        out = per_group * group if isinstance(per_group, int) else UNKNOWN
+        out = symbolic.mul(per_group, group)
     else:
         per_group = w.shape[1]
         if isinstance(per_group, int) and not same_dim(channels, per_group * group):
@@ -231,7 +232,7 @@ def _causal_conv(ctx: InferContext) -> list[TensorType]:
         raise ctx.fail(f"activation {ctx.attr('activation')!r} is not none, silu or swish")
     check_bias(ctx, 2, x.shape[1])
     k = w.shape[2]
-    state = k - 1 if isinstance(k, int) else UNKNOWN
+    state = symbolic.sub(k, 1)
     if ctx.has_input(3):
         past = ctx.input(3)
         if past.rank != 3 or not same_dim(past.shape[2], state):

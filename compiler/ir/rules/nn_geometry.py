@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .. import symbolic
 from ..types import UNKNOWN, Dim
 
 Fail = Callable[[str], Exception]
@@ -115,11 +116,18 @@ def resolve_window(
     extents = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=False))
     begins, ends, outs = [], [], []
     for axis, (size, extent, stride) in enumerate(zip(spatial, extents, strides, strict=False)):
+        out: Dim
         if mode in ("SAME_UPPER", "SAME_LOWER"):
             if isinstance(size, int):
                 begin, end, out = _same_pads(extent, stride, size, mode == "SAME_UPPER")
             else:
-                begin, end, out = 0, 0, size if stride == 1 else UNKNOWN
+                # ceil(size / stride) of a symbolic extent where stride divides it; the total
+                # padding (out - 1) * stride + extent - size is then extent - stride.
+                out = symbolic.floordiv(size, stride)
+                total = max(0, extent - stride) if out != UNKNOWN else 0
+                small = total // 2
+                begin = small if mode == "SAME_UPPER" else total - small
+                end = total - begin
         else:
             begin, end = (0, 0) if mode == "VALID" else (explicit[axis], explicit[n + axis])
             out = _window_count(size, begin + end, extent, stride, ceil_mode, begin, fail)
@@ -133,8 +141,12 @@ def _window_count(
     size: Dim, padding: int, extent: int, stride: int, ceil_mode: bool, begin: int, fail: Fail
 ) -> Dim:
     if not isinstance(size, int):
-        # Only the identity geometry keeps a symbolic extent.
-        return size if stride == 1 and padding == extent - 1 else UNKNOWN
+        # floor(span / stride) + 1 where the division is exact (then floor and ceil agree; a
+        # ceil-mode window past the input would need end padding >= the window's extent).
+        span = symbolic.add(size, padding - extent)
+        if ceil_mode and padding - begin >= extent:
+            return UNKNOWN
+        return symbolic.add(symbolic.floordiv(span, stride), 1)
     span = size + padding - extent
     if span < 0:
         raise fail(
@@ -170,15 +182,17 @@ def resolve_transpose_window(
                 f"output_padding {list(out_pad)} must be smaller than the stride or "
                 "dilation of its axis"
             )
-        if not isinstance(size, int):
-            begins.append(0)
-            ends.append(0)
-            outs.append(given[axis] if given is not None else UNKNOWN)
-            continue
-        full = s * (size - 1) + out_pad[axis] + (k - 1) * d + 1
+        full = symbolic.add(symbolic.mul(symbolic.sub(size, 1), s),
+                            out_pad[axis] + (k - 1) * d + 1)
         if given is not None or mode in ("SAME_UPPER", "SAME_LOWER"):
-            target = given[axis] if given is not None else size * s
-            total = full - target
+            target = given[axis] if given is not None else symbolic.mul(size, s)
+            total = symbolic.sub(full, target)
+            if not isinstance(total, int):
+                # A given output extent over a symbolic input: the pads depend on the size.
+                begins.append(0)
+                ends.append(0)
+                outs.append(target)
+                continue
             small = total // 2
             begin = small if mode == "SAME_UPPER" else total - small
             end = total - begin
@@ -186,10 +200,11 @@ def resolve_transpose_window(
             begin, end = 0, 0
         else:
             begin, end = explicit[axis], explicit[n + axis]
-        out = full - begin - end
-        if out < 1:
+        out = symbolic.sub(full, begin + end)
+        if isinstance(out, int) and out < 1:
             raise fail(f"output extent {out} on spatial axis {axis} is not positive")
         begins.append(begin)
         ends.append(end)
         outs.append(out)
     return Window(kernel, strides, dilations, tuple(begins + ends), tuple(outs))
+

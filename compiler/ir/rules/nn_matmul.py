@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .. import symbolic
 from ..op import Group, Op
 from ..schema import DTYPE_ATTR, FLOAT, INT, REQUIRED, STRING, InferContext, define
 from ..shapes import broadcast, same_dim
@@ -208,12 +209,12 @@ def _attention(ctx: InferContext) -> list[TensorType]:
     total = kv_len
     if ctx.has_input(4):
         past = ctx.input(4).shape[2]
-        total = past + kv_len if isinstance(past, int) and isinstance(kv_len, int) else UNKNOWN
+        total = symbolic.add(past, kv_len)
     if q.rank == 3:
         y_shape: tuple[Dim, ...] = (
             batch,
             q_len,
-            hq * v_head if isinstance(v_head, int) else UNKNOWN,
+            symbolic.mul(hq, v_head),
         )
     else:
         y_shape = (batch, hq, q_len, v_head)
@@ -259,7 +260,7 @@ def _linear_attention(ctx: InferContext) -> list[TensorType]:
     d_k = _heads(ctx, q.shape[2], hq, "q")
     d_v = _heads(ctx, v.shape[2], hkv, "kv")
     state_type = ctx.input(3).dtype if ctx.has_input(3) else dtype
-    out = hq * d_v if isinstance(d_v, int) else UNKNOWN
+    out = symbolic.mul(hq, d_v)
     return [
         TensorType(dtype, (q.shape[0], q.shape[1], out)),
         TensorType(state_type, (q.shape[0], hkv, d_k, d_v)),

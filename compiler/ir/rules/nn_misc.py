@@ -72,11 +72,11 @@ def _affine_grid(ctx: InferContext) -> list[TensorType]:
     ):
         raise ctx.fail(f"theta {theta} must be [N, 2, 3] or [N, 3, 4]")
     n = int(theta.shape[1])
-    size = ctx.const(1)
+    size = ctx.dims_value(1)
     if size is not None:
         if len(size) != n + 2:
             raise ctx.fail(f"size {list(size)} must be [N, C, *{n} spatial extents]")
-        spatial: tuple[Dim, ...] = tuple(int(v) for v in size[2:])
+        spatial: tuple[Dim, ...] = tuple(size[2:])
     else:
         spatial = (UNKNOWN,) * n
     return [theta.with_shape((theta.shape[0], *spatial, n))]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import symbolic
 from ..op import Group, Op
 from ..schema import FLOAT, INT, INTS, REQUIRED, STRING, AttrKind, AttrSpec, InferContext, define
 from ..types import FLOATS, UNKNOWN, Dim, DType, TensorType
@@ -97,7 +98,7 @@ def _max_unpool(ctx: InferContext) -> list[TensorType]:
     if len(strides) != n or len(pads) != 2 * n:
         raise ctx.fail(f"strides {list(strides)} / pads {list(pads)} do not fit {n} spatial axes")
     spatial = tuple(
-        (size - 1) * s + k - pads[i] - pads[n + i] if isinstance(size, int) else UNKNOWN
+        symbolic.add(symbolic.mul(symbolic.sub(size, 1), s), k - pads[i] - pads[n + i])
         for i, (size, s, k) in enumerate(zip(x.shape[2:], strides, kernel, strict=False))
     )
     return [x.with_shape((*x.shape[:2], *spatial))]

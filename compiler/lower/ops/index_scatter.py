@@ -3,7 +3,8 @@
 Each first copies the data into the output, then applies the updates in the reference's
 order, so duplicate indices resolve as numpy does (the last write wins; reductions accumulate
 in order). ScatterElements runs its outer non-axis loops in parallel (updates there never meet)
-with the axis loop serial and innermost; ScatterND walks its index tuples serially.
+with the axis loop serial and innermost; ScatterND walks its index tuples serially. Extents may
+be known only at run time; an indexed axis that may be empty then guards the whole update.
 """
 
 from __future__ import annotations
@@ -15,13 +16,17 @@ from ..kernel_ir import Binary, Block, Declare, Expr, If, Kernel, Report, Stmt, 
 from ..registry import LowerContext, lowering
 from .common import idx
 from .index_common import (
+    all_static,
     check_extents,
     empty_axis_kernel,
+    guard_empty,
     nd_empty,
+    nd_guard,
     nd_positions,
     out_of_range,
+    within_extents,
 )
-from .movement_loops import checked_index, copy_reshaped, logical, loops
+from .movement_loops import checked_index, copy_reshaped, logical, loops, numel
 
 
 def _combine(reduction: str, old: Expr, new: Expr) -> Expr:
@@ -44,9 +49,10 @@ def lower_scatter_elements(ctx: LowerContext) -> list[Kernel]:
     data, indices, updates, out = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output()
     rank = len(data.shape)
     axis = normalize_axis(ctx.attr("axis"), rank)
-    check_extents(ctx, data, indices, axis)
+    violations = check_extents(ctx, data, indices, axis)
     extent = data.shape[axis]
-    if extent == 0 and indices.numel > 0:
+    static = all_static([*data.shape, *indices.shape])
+    if static and extent == 0 and indices.numel > 0:
         return empty_axis_kernel(ctx, extent)
     reduction = ctx.attr("reduction")
     message = out_of_range(ctx, extent)
@@ -64,9 +70,13 @@ def lower_scatter_elements(ctx: LowerContext) -> list[Kernel]:
         value = _combine(reduction, out.load(*target), updates.load(*at))
         return block(check, out.store(target, value))
 
-    outer_real = any(indices.shape[a] > 1 for a in order[:-1])
+    outer_real = any(not isinstance(indices.shape[a], int) or indices.shape[a] > 1
+                     for a in order[:-1])
     nest = loops([indices.shape[a] for a in order], body, "u", vectorize=False,
                  parallel=outer_real)
+    if not static:
+        nest = within_extents(ctx, violations, guard_empty(ctx, [extent], numel(indices.shape),
+                                                           nest))
     return _scatter_kernel(ctx, nest)
 
 
@@ -74,7 +84,9 @@ def lower_scatter_elements(ctx: LowerContext) -> list[Kernel]:
 def lower_scatter_nd(ctx: LowerContext) -> list[Kernel]:
     data, indices, updates, out = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output()
     k = indices.shape[-1]
-    if nd_empty(data, indices, 0):
+    assert isinstance(k, int)
+    static = all_static([*data.shape, *indices.shape])
+    if static and nd_empty(data, indices, 0):
         return empty_axis_kernel(ctx, 0)
     reduction = ctx.attr("reduction")
     rest = data.shape[k:]
@@ -87,7 +99,7 @@ def lower_scatter_nd(ctx: LowerContext) -> list[Kernel]:
 
     # Tuples may repeat, so they are applied one after another.
     nest = loops(indices.shape[:-1], apply, "u", parallel=False, vectorize=False)
-    return _scatter_kernel(ctx, nest)
+    return _scatter_kernel(ctx, nest if static else nd_guard(ctx, data, indices, 0, nest))
 
 
 @lowering(Op.TENSOR_SCATTER)
@@ -98,8 +110,9 @@ def lower_tensor_scatter(ctx: LowerContext) -> list[Kernel]:
     capacity, length = cache.shape[axis], update.shape[axis]
     circular = ctx.attr("mode") == "circular"
     start = Var("start")
-    message = (f"{ctx.node.describe()}: a write index plus {length} updates overruns the "
-               f"cache extent {capacity}")
+    sizes = (f"{length} updates overruns the cache extent {capacity}"
+             if all_static([capacity, length]) else "the update length overruns the cache")
+    message = f"{ctx.node.describe()}: a write index plus {sizes}"
 
     def per_batch(v: list[Expr]) -> Stmt:
         b = v[0]
@@ -124,7 +137,11 @@ def lower_tensor_scatter(ctx: LowerContext) -> list[Kernel]:
         stmts.append(loops(update.shape[1:], write, "w", parallel=False))
         return block(stmts)
 
-    if capacity == 0 and length > 0 and circular:
+    static = all_static([capacity, length])
+    if static and capacity == 0 and length > 0 and circular:
         raise ctx.fail("circular mode needs a non-empty cache axis")
     nest = loops(update.shape[:1], per_batch, "b", work=update.numel, vectorize=False)
+    if circular and not static:
+        # A circular write into an empty cache axis has nowhere to go.
+        nest = guard_empty(ctx, [capacity], numel(update.shape), nest, "write position")
     return _scatter_kernel(ctx, nest)
