@@ -168,20 +168,20 @@ def _plan_function(module: ir.Module, plan: Plan, functions: dict[str, ir.Functi
             with builder.if_then(builder.icmp_signed("!=", status, ir.Constant(_I32, 0))):
                 builder.ret(ir.Constant(_I32, 1))
         for slot in sorted(defined_slots(call.kernel)):
-            _check_not_negative(module, builder, ctx, dims, slot, plan.dims.names[slot])
+            _check_not_negative(module, builder, ctx, dims, slot, plan.dims.names[slot], index)
     builder.ret(ir.Constant(_I32, 0))
     return run
 
 
 def _check_not_negative(module: ir.Module, builder: ir.IRBuilder, ctx: ir.Value,
-                        dims: _Extents, slot: int, name: str) -> None:
+                        dims: _Extents, slot: int, name: str, call: int) -> None:
     """Stop the run with a reported error when a kernel set extent ``slot`` negative (a value
     the lowering should have rejected; never a buffer of negative size)."""
     report = module.globals.get(REPORT_ERROR_SYMBOL) or ir.Function(
         module, ir.FunctionType(ir.VoidType(), [_PTR, _PTR]), REPORT_ERROR_SYMBOL)
     value = builder.load(builder.gep(dims.dims, [ir.Constant(_I64, slot)]))
     with builder.if_then(builder.icmp_signed("<", value, ir.Constant(_I64, 0)), likely=False):
-        message = _cstring(module, f"kiln__negative.{slot}",
+        message = _cstring(module, f"kiln__negative.{call}.{slot}",
                            f"the run computed a negative extent for {name}")
         builder.call(report, [ctx, message])
         builder.ret(ir.Constant(_I32, 1))

@@ -99,6 +99,7 @@ class DimTable:
         self.input_dims: list[InputDim] = []
         self.input_checks: list[InputCheck] = []
         self._extents: dict[Dim, Expr] = {}
+        self._unnamed: dict[tuple[str, int], str] = {}  # an input's UNKNOWN axis -> its symbol
 
     def new_slot(self, name: str) -> Expr:
         self.names.append(name)
@@ -113,7 +114,8 @@ class DimTable:
                 if isinstance(extent, int):
                     continue
                 if extent == UNKNOWN:
-                    extent = symbolic.atom_name(f"{value.name}_{axis}")
+                    extent = self._unnamed[value.name, axis] = symbolic.atom_name(
+                        f"{value.name}_{axis}")
                 if (symbolic.poly(extent) == {(extent,): 1} and extent not in self.symbols):
                     self.symbols[extent] = dim_slot(self.new_slot(extent))  # type: ignore[assignment]
                     self.input_dims.append(InputDim(index, axis, self.symbols[extent]))
@@ -149,6 +151,7 @@ class DimTable:
         fresh: list[Expr] = []
         shape: list[int | Expr] = []
         for axis, extent in enumerate(value.type.shape):
+            extent = self._unnamed.get((value.name, axis), extent)
             if extent == UNKNOWN:
                 fresh.append(self.new_slot(f"%{value.name} axis {axis}"))
                 shape.append(fresh[-1])

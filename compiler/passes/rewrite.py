@@ -6,8 +6,11 @@ values for its outputs: existing values, or values of nodes it emits through the
 (``emit``, ``constant``). The rewriter then reads every later use of an old output as its
 replacement, inside nested bodies too. Invariants it enforces for every visitor:
 
-- type preservation: a replacement has exactly the type of the value it replaces (a visitor
-  breaking this is a compiler bug and raises);
+- type preservation: a replacement has exactly the type of the value it replaces. A visitor
+  breaking this with static types is a compiler bug and raises; a replacement whose type differs
+  only in symbolic or unknown dims (the rules could not prove the extents equal) is refused,
+  and so is one whose new nodes the type rules reject where the replaced node has symbolic
+  dims (a broadcast they cannot prove valid): the graph stays as it was;
 - interface preservation: a graph output keeps its name. A replacement for an output must be a
   value computed in the same graph (not an input, not an enclosing value, not another output);
   the value is then renamed to the output's name. Otherwise the rewrite is refused (undone);
@@ -29,11 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import KilnError
+from ..errors import KilnError, TypeInferenceError
 from ..ir.builder import NameTable, check_attrs, infer_types
 from ..ir.graph import Graph, Node, Value
 from ..ir.op import Op
 from ..ir.schema import op_def
+from ..ir.symbolic_values import DimsValue, dims_of_array, followed, propagate
 from ..ir.types import TensorType
 
 Replacement = Sequence[Value | None] | None
@@ -81,6 +85,10 @@ class Rewriter:
         self.subst: dict[str, Value] = {}
         self.consts: dict[str, np.ndarray] = {}
         self.producers: dict[str, Node] = {}
+        # The symbolic shape values (``kiln.compiler.ir.symbolic_values``) of this graph's
+        # values, so that a re-emitted Reshape or Expand fed by a Shape chain keeps the symbols
+        # of its output type instead of coming back as ``?``.
+        self.dims: dict[str, DimsValue] = {}
         # An over-approximation of each value's readers: counted on the input graph and raised
         # by every read a rewrite adds (removed reads are not subtracted), so a "single user"
         # test can only err on the side of not rewriting.
@@ -107,6 +115,18 @@ class Rewriter:
             return self.consts[value.name]
         return self.parent.const(value) if self.parent is not None else None
 
+    def dims_of(self, value: Value | None) -> DimsValue | None:
+        """The symbolic shape value of ``value`` (its elements as dims) where known: a
+        constant's data, else what the analysis found in this graph or an enclosing one."""
+        if value is None:
+            return None
+        data = self.const(value)
+        if data is not None:
+            return dims_of_array(data) if followed(value.type) else None
+        if value.name in self.dims:
+            return self.dims[value.name]
+        return self.parent.dims_of(value) if self.parent is not None else None
+
     def producer(self, value: Value | None) -> Node | None:
         """The (rewritten) node of this graph defining ``value``, else None."""
         return None if value is None else self.producers.get(value.name)
@@ -122,7 +142,7 @@ class Rewriter:
         definition = op_def(op)
         full = check_attrs(definition, attrs or {}, name)
         types = infer_types(definition, name, inputs, full, [self.const(v) for v in inputs],
-                            outputs)
+                            outputs, [self.dims_of(v) for v in inputs])
         values = [Value(self.names.fresh("opt"), t) for t in types]
         self._append(Node(op, tuple(inputs), tuple(values), full, name))
         self.uses.update(v.name for v in inputs if v is not None)
@@ -146,10 +166,18 @@ class Rewriter:
         for out in node.outputs:
             if out is not None:
                 self.producers[out.name] = node
-        if node.op is Op.CONSTANT and isinstance(node.attrs["value"], np.ndarray):
+        if node.op is Op.CONSTANT:
             out = node.outputs[0]
             assert out is not None
-            self.consts[out.name] = node.attrs["value"]
+            if isinstance(node.attrs["value"], np.ndarray):
+                self.consts[out.name] = node.attrs["value"]
+            return
+        found = propagate(node.op, node.attrs, [None if v is None else v.type for v in node.inputs],
+                          [self.dims_of(v) for v in node.inputs],
+                          [None if v is None else v.type for v in node.outputs])
+        for out, value in zip(node.outputs, found, strict=True):
+            if out is not None and value is not None:
+                self.dims[out.name] = value
 
     # -- the sweep ----------------------------------------------------------------------------
     def operands_of(self, node: Node, body: Callable[[Graph, Rewriter], Graph]) -> Node:
@@ -165,7 +193,12 @@ class Rewriter:
     def offer(self, node: Node, visit: Visitor, what: str = "") -> bool:
         """Let ``visit`` rewrite ``node``; True when it did (its replacements accepted)."""
         mark, changed, outputs = len(self.nodes), self.changed, set(self.outputs)
-        replacement = visit(self, node)
+        try:
+            replacement = visit(self, node)
+        except TypeInferenceError:
+            if _is_static(node):
+                raise
+            replacement = None
         if replacement is not None and self._accept(node, list(replacement), what):
             self.changed = True
             return True
@@ -184,6 +217,8 @@ class Rewriter:
                     return False
                 continue
             if new.type != old.type:
+                if _differ_in_symbols(old.type, new.type):
+                    return False
                 raise KilnError(
                     f"internal: {what} replaced %{old.name}: {old.type} of {node.describe()} "
                     f"by %{new.name}: {new.type} (rewrites must keep types)"
@@ -212,6 +247,19 @@ class Rewriter:
             outputs.append(value)
         graph = Graph(self.graph.name, self.graph.inputs, tuple(self.nodes), tuple(outputs))
         return rename_values(graph, renames) if renames else graph
+
+
+def _is_static(node: Node) -> bool:
+    """Whether every operand and result of ``node`` has a static type."""
+    return all(v.type.is_static for v in (*node.inputs, *node.outputs) if v is not None)
+
+
+def _differ_in_symbols(old: TensorType, new: TensorType) -> bool:
+    """Whether two types of one element type and rank differ only where one of them has a
+    symbolic or unknown dim (not a contradiction, just what the rules could prove)."""
+    return old.dtype == new.dtype and old.rank == new.rank and all(
+        a == b or not (isinstance(a, int) and isinstance(b, int))
+        for a, b in zip(old.shape, new.shape, strict=True))
 
 
 def rename_values(graph: Graph, renames: Mapping[str, str]) -> Graph:

@@ -87,6 +87,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from ..errors import KilnError
+from ..ir import symbolic
 from ..ir.builder import GraphBuilder
 from ..ir.graph import Graph, Node, Value
 from ..ir.op import Op
@@ -139,8 +140,15 @@ def _names(graph: Graph) -> Iterator[str]:
 
 
 def _is_f32_image(value: Value) -> bool:
-    """A static f32 [N, C, H, W] tensor (what a blocked form can be made of)."""
-    return value.type.dtype is DType.F32 and value.type.rank == 4 and value.type.is_static
+    """An f32 [N, C, H, W] tensor with static C, H, W (what a blocked form can be made of);
+    the batch N may be a symbol (bound at run time: the blocked ops loop over it) when the
+    others are not 0, not an extent known only from values (``?``), which no blocked op would
+    know how to compute."""
+    shape = value.type.shape
+    return (value.type.dtype is DType.F32 and value.type.rank == 4
+            and all(isinstance(d, int) for d in shape[1:])
+            and (isinstance(shape[0], int)
+                 or (symbolic.is_symbolic(shape[0]) and all(d > 0 for d in shape[1:]))))
 
 
 def _keeps_zero(node: Node, lanes: list[np.ndarray | None | bool]) -> bool:
@@ -293,8 +301,11 @@ class _Walk:
     def _blocked_from_nhwc(self, x: Value, old: Value) -> Value:
         """NCHW[b]c from NHWC (C a multiple of b): [N, H, W, C] viewed as [N, H, W, C/b, b]
         and transposed to [N, C/b, H, W, b]."""
-        n, h, w, c = (int(d) for d in x.type.shape)
-        shape = self.builder.constant(np.array([n, h, w, c // self.block, self.block], np.int64),
+        n, h, w, c = x.type.shape
+        # A symbolic batch is what is left of the elements (-1): H, W and C are static.
+        batch = n if isinstance(n, int) else -1
+        shape = self.builder.constant(np.array([batch, h, w, int(c) // self.block, self.block],
+                                               np.int64),
                                       self.fresh(f"{old.name}.nhwc_shape"))
         split = self.builder.add1(Op.RESHAPE, [self.plain(x), shape],
                                   output=self.fresh(f"{old.name}.nhwc"))
@@ -336,7 +347,7 @@ class _Walk:
         assert x is not None and w is not None and out is not None
         bias = node.inputs[2] if len(node.inputs) > 2 else None
         weights, biases = self.known(w), self.known(bias)
-        if not (_is_f32_image(x) and out.type.is_static and weights is not None
+        if not (_is_f32_image(x) and _is_f32_image(out) and weights is not None
                 and (bias is None or biases is not None)):
             return False
         channels, out_channels = int(x.type.shape[1]), int(w.type.shape[0])

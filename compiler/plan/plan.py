@@ -151,7 +151,8 @@ def make_plan(lowered: LoweredGraph, bounds: Mapping[str, tuple[int, int]] | Non
             produced.update(b.name for b in kernel.outputs)
     copies: list[Kernel] = []
     output_buffers: list[Buffer] = []
-    dynamic_outputs: dict[str, int] = {}  # buffer holding an output of run-time shape
+    prologue = {slot.slot for slot in lowered.dims.input_dims}
+    dynamic_outputs: dict[str, int] = {}  # buffer holding an output whose shape needs values
     for index, buffer in enumerate(lowered.outputs):
         slot = Buffer(f"output.{index}", buffer.dtype, buffer.shape)
         output_buffers.append(slot)
@@ -160,14 +161,15 @@ def make_plan(lowered: LoweredGraph, bounds: Mapping[str, tuple[int, int]] | Non
         else:
             target = slot.name
             copies.append(copy_kernel(f"copy_output_{index}", buffer, slot))
-        if buffer.is_static:
+        # an output whose shape follows from the input shapes is sized before the run: the
+        # caller's memory (or the runtime's, for a caller that passes none), like a static one
+        if isinstance(buffer.nbytes, int) or dims_read(buffer.nbytes) <= prologue:
             locations[target] = Location(Place.OUTPUT, index)
         else:
             dynamic_outputs[target] = index
 
     kernels = [k for step in lowered.steps for k in step.kernels] + copies
     lifetimes = _lifetimes(lowered, locations, copies)
-    prologue = {slot.slot for slot in lowered.dims.input_dims}
     _check_dims_defined(kernels, prologue, lowered.dims)
     dynamic: list[DynamicBuffer] = []
     for name, lifetime in sorted(lifetimes.items(), key=lambda item: item[1].first):

@@ -94,7 +94,7 @@ def _check_carried(
     return finals
 
 
-def _never_stops_early(body: Graph) -> bool:
+def never_stops_early(body: Graph) -> bool:
     """True when the body's condition output is provably true given a true condition input:
     the input passed through (directly or by Identity) or a constant true."""
     cond_out = body.outputs[0]
@@ -135,7 +135,7 @@ def _loop(ctx: InferContext) -> list[TensorType]:
     finals = _check_carried(ctx, initial, body.inputs[2:], body.outputs[1:1 + n])
     trips: Dim = UNKNOWN
     limit, cond = _scalar_const(ctx, 0), _scalar_const(ctx, 1)
-    runs_every_trip = (not ctx.has_input(1) or cond) and _never_stops_early(body)
+    runs_every_trip = (not ctx.has_input(1) or cond) and never_stops_early(body)
     if limit is not None and runs_every_trip:
         trips = max(int(limit), 0)
     elif runs_every_trip:

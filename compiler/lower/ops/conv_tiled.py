@@ -73,6 +73,7 @@ from ..schedules import conv as schedules
 from ..schedules.conv import ConvShape
 from .common import PARALLEL_WORK, const, idx
 from .nn_common import unravel
+from .nn_window import by_image
 
 
 def parallel_loop(var: Var, extent: int, body: Stmt, work: int) -> Loop:
@@ -153,6 +154,7 @@ def merged(axes: Sequence[ContractAxis]) -> tuple[ContractAxis, ...]:
 
 
 @lowering(Op.CONV_NCHWC)
+@by_image
 def lower_conv_nchwc(ctx: LowerContext) -> list[Kernel]:
     x, w = ctx.input(0), ctx.input(1)
     if x.dtype not in (DType.F32, DType.F64):

@@ -22,6 +22,7 @@ from ...ir.op import Op
 from ...ir.types import DType
 from ..kernel_ir import (
     Binary,
+    Buffer,
     Call,
     Compare,
     Const,
@@ -31,10 +32,12 @@ from ..kernel_ir import (
     Stmt,
     Unary,
     as_expr,
+    block,
+    define_dim,
     select,
 )
 from ..registry import LowerContext, lowering
-from .common import broadcast_index, const
+from .common import broadcast_checks, broadcast_extent, broadcast_index, const
 from .elementwise_scalar import (
     divide,
     expm1,
@@ -220,9 +223,17 @@ EXACT_BINARY: dict[Op, Callable[[Expr, Expr, Attrs], Expr]] = {
     Op.BITWISE_AND: _bits("and"),
     Op.BITWISE_OR: _bits("or"),
     Op.BITWISE_XOR: _bits("xor"),
-    Op.BIT_SHIFT: lambda a, b, attrs: Binary("shl" if attrs["direction"] == "LEFT" else "shr",
-                                             a, b),
+    Op.BIT_SHIFT: lambda a, b, attrs: _shift(a, b, attrs["direction"] == "LEFT"),
 }
+
+
+def _shift(a: Expr, b: Expr, left: bool) -> Expr:
+    """numpy's shifts: a count outside [0, bits) gives 0, except a signed right shift, which
+    fills with the sign (the arithmetic shift by bits - 1, where the kernel IR's gives 0)."""
+    if left or not a.dtype.is_signed:
+        return Binary("shl" if left else "shr", a, b)
+    top = a.dtype.itemsize * 8 - 1
+    return Binary("shr", a, select(Binary("or", b < 0, b > top), top, b))
 
 
 def _fold(combine: Callable[[Expr, Expr], Expr]) -> Callable[[Operands, Attrs], Expr]:
@@ -275,23 +286,66 @@ def elementwise_expr(op: Op, attrs: Attrs, operands: Operands, out_dtype: DType)
 @lowering(*SCALAR)
 def lower_elementwise(ctx: LowerContext) -> list[Kernel]:
     """One kernel: for each output position, the op's expression of its operands' elements
-    (numpy broadcasting), rounded to the output type."""
-    out = ctx.output()
-    return [ctx.kernel(loop_over(out.shape, elementwise_store(ctx), "i", out.numel,
-                                 vectorize=True))]
+    (numpy broadcasting), rounded to the output type. Output extents the type rule could not
+    settle (two unrelated run-time extents) are defined first by a shape kernel."""
+    out = _output_view(ctx)
+    nest = loop_over(out.shape, elementwise_store(ctx, out), "i", out.numel, vectorize=True)
+    return [*broadcast_shape_kernels(ctx, [b for b in ctx.inputs if b is not None]),
+            ctx.kernel(broadcast_checks(out.shape, ctx.inputs, nest, ctx.node.describe()))]
 
 
-def elementwise_store(ctx: LowerContext) -> Callable[[Sequence[Expr]], Stmt]:
-    """The store of the elementwise op ``ctx`` lowers at an output index. One-element
-    constant operands are immediates (the expression can then specialize on them, e.g. Pow
-    by 2)."""
+def _output_view(ctx: LowerContext) -> Buffer:
+    """The output, seen (same memory) with each undefined extent that only one operand can set
+    (the others have extent 1 there or lack the axis) replaced by that operand's extent: the
+    shape kernel makes them equal, and the kernel then indexes that operand directly (no
+    run-time select, axes it can merge)."""
     out = ctx.output()
+    undefined = {id(d) for d in ctx.undefined_dims}
+    shape = list(out.shape)
+    for axis, extent in enumerate(out.shape):
+        if id(extent) not in undefined:
+            continue
+        offset = len(out.shape) - axis
+        candidates = [b.shape[len(b.shape) - offset] for b in ctx.inputs
+                      if b is not None and len(b.shape) >= offset]
+        looped = [e for e in candidates if not (isinstance(e, int) and e == 1)]
+        if len(looped) == 1:
+            shape[axis] = looped[0]
+    return Buffer(out.name, out.dtype, tuple(shape))
+
+
+def broadcast_shape_kernels(ctx: LowerContext, operands: Sequence[Buffer]) -> list[Kernel]:
+    """The shape kernel defining the node's undefined output extents (``ctx.undefined_dims``)
+    as the numpy broadcast of ``operands``' extents on each axis (none when all are defined)."""
+    if not ctx.undefined_dims:
+        return []
+    undefined = {id(d) for d in ctx.undefined_dims}
+    stmts: list[Stmt] = []
+    for out in (b for b in ctx.outputs if b is not None):
+        for axis, extent in enumerate(out.shape):
+            if id(extent) not in undefined:
+                continue
+            offset = len(out.shape) - axis
+            extents = [b.shape[len(b.shape) - offset] for b in operands
+                       if len(b.shape) >= offset]
+            found, value = broadcast_extent(extents, ctx.node.describe(), f"extent{axis}")
+            stmts.append(block(found, define_dim(extent, value)))
+            undefined.discard(id(extent))
+    return [ctx.kernel(block(stmts), inputs=[], outputs=[])]
+
+
+def elementwise_store(ctx: LowerContext, view: Buffer | None = None
+                      ) -> Callable[[Sequence[Expr]], Stmt]:
+    """The store of the elementwise op ``ctx`` lowers at an output index (of ``view``, the
+    output seen in another shape, when given). One-element constant operands are immediates
+    (the expression can then specialize on them, e.g. Pow by 2)."""
+    out = ctx.output() if view is None else view
     operands = [ctx.input(i) if ctx.has_input(i) else None for i in range(len(ctx.inputs))]
     immediates = [_immediate(ctx.const(i)) for i in range(len(ctx.inputs))]
 
     def store(index: Sequence[Expr]) -> Stmt:
         values = [fixed if b is None or fixed is not None else
-                  b.load(*broadcast_index(index, b))
+                  b.load(*broadcast_index(index, b, out.shape))
                   for b, fixed in zip(operands, immediates, strict=True)]
         return out.store(index, elementwise_expr(ctx.op, ctx.attrs, values, out.dtype))
 

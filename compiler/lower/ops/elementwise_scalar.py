@@ -35,11 +35,12 @@ from ..kernel_ir import (
     Store,
     Unary,
     Var,
+    as_index,
     binary,
     operands,
     select,
 )
-from .common import PARALLEL_WORK, const
+from .common import PARALLEL_WORK, Extent, const, product, same_extent, work_estimate
 
 NARROW_FLOATS = frozenset({DType.F16, DType.BF16})
 # Below this many elements of work a kernel runs on one thread (thread hand-off costs more).
@@ -190,10 +191,10 @@ def floor_mod(a: Expr, b: Expr) -> Expr:
 
 
 def loop_over(
-    shape: Sequence[int],
+    shape: Sequence[Extent],
     make_body: Callable[[list[Expr]], Stmt],
     prefix: str,
-    work: int,
+    work: Extent,
     vectorize: bool,
     collapse: bool = True,
 ) -> Stmt:
@@ -205,28 +206,30 @@ def loop_over(
     runs as 64 rows of 3136, not as 3584 rows of 56. When ``work`` (the elements the whole
     nest touches) reaches PARALLEL_WORK, the outermost loop of extent > 1 is PARALLEL; if that
     is the innermost loop of a vectorized nest, it is split into parallel chunks of CHUNK
-    vectorized positions."""
+    vectorized positions. Run-time extents are loops of run-time length (counted as
+    RUNTIME_EXTENT_GUESS in ``work``, see common.py), merged like static ones."""
     variables = [Var(f"{prefix}{axis}") for axis in range(len(shape))]
-    indices: list[Expr] = [const(0, DType.I64) if n == 1 else v
+    indices: list[Expr] = [const(0, DType.I64) if _unit(n) else v
                            for n, v in zip(shape, variables, strict=True)]
     body = make_body(indices)
     shape = list(shape)
+    large = work_estimate(work) >= PARALLEL_WORK
     if vectorize and collapse:
         # a lone parallel axis would be split into chunks, whose digits LLVM cannot fold
-        shape, variables, body = collapse_axes(shape, variables, body,
-                                               keep_first=work >= PARALLEL_WORK)
+        shape, variables, body = collapse_axes(shape, variables, body, keep_first=large)
     rank = len(shape)
     parallel = None
-    if work >= PARALLEL_WORK:
-        parallel = next((axis for axis, n in enumerate(shape) if n > 1), None)
-    split = vectorize and parallel == rank - 1 and shape[-1] > CHUNK
+    if large:
+        parallel = next((axis for axis, n in enumerate(shape) if _looped(n)), None)
+    split = vectorize and parallel == rank - 1 and not (
+        isinstance(shape[-1], int) and shape[-1] <= CHUNK)
     if split:
         chunk = Var(f"{prefix}_chunk")
         inner = variables[-1]
         body = substitute_var(body, inner, chunk * CHUNK + inner)
     for axis in reversed(range(rank)):
         kind = LoopKind.SERIAL
-        extent: Expr = Const(int(shape[axis]), DType.I64)
+        extent: Expr = as_index(shape[axis])
         if axis == rank - 1 and vectorize:
             kind = LoopKind.VECTORIZE
         elif axis == parallel:
@@ -235,9 +238,20 @@ def loop_over(
             extent = binary("min", Const(CHUNK, DType.I64), extent - chunk * CHUNK)
         body = Loop(variables[axis], extent, body, kind)
         if split and axis == rank - 1:
-            body = Loop(chunk, Const(-(-shape[axis] // CHUNK), DType.I64), body,
-                        LoopKind.PARALLEL)
+            chunks = (shape[axis] + (CHUNK - 1)) // CHUNK if isinstance(
+                shape[axis], Expr) else Const(-(-shape[axis] // CHUNK), DType.I64)
+            body = Loop(chunk, chunks, body, LoopKind.PARALLEL)
     return body
+
+
+def _unit(extent: Extent) -> bool:
+    """A static extent of 1 (a run-time extent may be 1 but is looped over)."""
+    return isinstance(extent, int) and extent == 1
+
+
+def _looped(extent: Extent) -> bool:
+    """An axis the loop nest iterates: a static extent > 1, or a run-time one."""
+    return not isinstance(extent, int) or extent > 1
 
 
 def substitute_var(body: Stmt, var: Var, value: Expr) -> Stmt:
@@ -245,8 +259,8 @@ def substitute_var(body: Stmt, var: Var, value: Expr) -> Stmt:
     return Rewriter(on_var=lambda v: value if v is var else v).stmt(body)  # type: ignore[arg-type, return-value]
 
 
-def collapse_axes(shape: Sequence[int], variables: Sequence[Var], body: Stmt,
-                  keep_first: bool = False) -> tuple[list[int], list[Var], Stmt]:
+def collapse_axes(shape: Sequence[Extent], variables: Sequence[Var], body: Stmt,
+                  keep_first: bool = False) -> tuple[list[Extent], list[Var], Stmt]:
     """Merge adjacent loop axes that every buffer access of ``body`` walks together.
 
     Axes a < b (consecutive among the axes of extent > 1) merge when each loop index is used
@@ -259,7 +273,7 @@ def collapse_axes(shape: Sequence[int], variables: Sequence[Var], body: Stmt,
     which it does not reliably: vector divisions and gathers.) With ``keep_first`` the first
     looped axis stays on its own (the parallel axis)."""
     unchanged = list(shape), list(variables), body
-    looped = [a for a, n in enumerate(shape) if n > 1]
+    looped = [a for a, n in enumerate(shape) if _looped(n)]
     if len(looped) < 2 + keep_first:
         return unchanged
     loop_vars = {id(variables[a]): a for a in looped}
@@ -296,8 +310,9 @@ def collapse_axes(shape: Sequence[int], variables: Sequence[Var], body: Stmt,
             if a in found:
                 p, q = found[a], found[b]
                 extents = access.buffer.shape
-                if q <= p or extents[p] != shape[a] or extents[q] != shape[b] or any(
-                        extents[r] != 1 for r in range(p + 1, q)):
+                if q <= p or not same_extent(extents[p], shape[a]) or not same_extent(
+                        extents[q], shape[b]) or any(
+                        not _unit(extents[r]) for r in range(p + 1, q)):
                     return False
         return True
 
@@ -315,7 +330,7 @@ def collapse_axes(shape: Sequence[int], variables: Sequence[Var], body: Stmt,
         """The access through a view of its buffer with each merged group's positions (and
         the unit extents between them) made one axis, indexed by the group's loop index."""
         extents, indices = access.buffer.shape, access.indices
-        new_extents: list[int] = []
+        new_extents: list[Extent] = []
         new_indices: list[Expr] = []
         position = 0
         while position < len(indices):
@@ -323,7 +338,7 @@ def collapse_axes(shape: Sequence[int], variables: Sequence[Var], body: Stmt,
             group = first_of.get(id(index))
             end = position if group is None else next(
                 p for p, i in enumerate(indices) if i is variables[group[-1]])
-            new_extents.append(math.prod(extents[position:end + 1]))
+            new_extents.append(product(extents[position:end + 1]))
             new_indices.append(index)
             position = end + 1
         buffer = access.buffer
@@ -337,7 +352,7 @@ def collapse_axes(shape: Sequence[int], variables: Sequence[Var], body: Stmt,
 
     # the rewriter hands the callbacks accesses whose indices are the original Var objects
     merged = Rewriter(on_load=on_load, on_store=on_store).stmt(body)
-    return ([math.prod(shape[a] for a in g) for g in groups], [variables[g[0]] for g in groups],
+    return ([product([shape[a] for a in g]) for g in groups], [variables[g[0]] for g in groups],
             merged)
 
 

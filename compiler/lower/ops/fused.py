@@ -18,6 +18,11 @@
   epilogue output of the anchor's type is the accumulation buffer and the finish store becomes
   the epilogue, applied while the tile is in cache. A prologue value that a tile reads (tiles
   read memory, not expressions) is computed into scratch first.
+
+Run-time extents: a body value's symbolic dims are the node's expressions of them (one object
+per symbol, so equal extents are known equal); a body operand whose run-time extent is not its
+consumer's reads with a run-time select, and the kernel Reports shapes that do not broadcast
+(common.py), as the unfused ops do.
 """
 
 from __future__ import annotations
@@ -31,12 +36,12 @@ from ...ir.graph import Graph, Node, Value
 from ...ir.op import Op
 from ...ir.rules.fused import retyped_body
 from ...ir.schema import op_def
-from ...ir.types import DType
+from ...ir.types import UNKNOWN, DType
 from ..inline import Rewriter, accesses, walk
 from ..kernel_ir import (
+    DIMS,
     Block,
     Buffer,
-    Const,
     Expr,
     Kernel,
     Load,
@@ -44,21 +49,20 @@ from ..kernel_ir import (
     Stmt,
     Store,
     as_expr,
+    extent_mul,
 )
 from ..registry import LowerContext, lowering, lowering_for
+from .common import (
+    Check,
+    Extent,
+    broadcast_conditions,
+    broadcast_index,
+    checked,
+    product,
+    same_extent,
+)
 from .elementwise import SCALAR, elementwise_expr
 from .elementwise_scalar import loop_over
-
-
-def _broadcast(index: Sequence[Expr], shape: Sequence[int]) -> tuple[Expr, ...]:
-    """Indices into a value of ``shape`` read at output position ``index`` (numpy rules)."""
-    offset = len(index) - len(shape)
-    return tuple(Const(0, DType.I64) if extent == 1 else index[offset + axis]
-                 for axis, extent in enumerate(shape))
-
-
-def _static(shape: Sequence[int | str]) -> tuple[int, ...]:
-    return tuple(int(d) for d in shape)
 
 
 class FusedGroup:
@@ -68,7 +72,8 @@ class FusedGroup:
     def of(cls, ctx: LowerContext) -> FusedGroup:
         """The group of the FUSED node ``ctx`` lowers, its body retyped to the node's shapes."""
         body: Graph = ctx.attr("body")
-        types = [v.type.with_shape(ctx.input(i).shape) for i, v in enumerate(body.inputs)]
+        types = [v.type if outer is None else outer.type
+                 for v, outer in zip(body.inputs, ctx.node.inputs, strict=True)]
         if any(v.type != t for v, t in zip(body.inputs, types, strict=True)):
             body = retyped_body(body, types)
         return cls(ctx, body)
@@ -94,6 +99,25 @@ class FusedGroup:
         self.anchor = anchors[0] if anchors else None
         self.anchor_buffer: Buffer | None = None
         self._memo: dict[tuple[object, ...], tuple[Sequence[Expr], Expr]] = {}
+        # run-time broadcast checks of the body's operand reads (see common.py)
+        self.checks: list[Check] = []
+
+    def extents(self, value: Value) -> tuple[Extent, ...]:
+        """The kernel extents of body value ``value``: its buffer's when it is a body input or
+        output, else its type's (a symbolic dim is the node's expression of it)."""
+        bound = self.buffers.get(value.name) or self.outputs.get(value.name)
+        if bound is not None:
+            return bound.shape
+        found: list[Extent] = []
+        for dim in value.type.shape:
+            if isinstance(dim, int):
+                found.append(dim)
+            elif dim == UNKNOWN or self.ctx.dims is None:
+                raise self.ctx.fail(f"body value %{value.name} has extents known only from "
+                                    "values at run time, which a fused group cannot size")
+            else:
+                found.append(self.ctx.dims.extent(dim))
+        return tuple(found)
 
     def element(self, name: str, index: Sequence[Expr], anchor_value: Expr | None = None) -> Expr:
         """Body value ``name`` at position ``index`` (an index into its own shape); the
@@ -115,10 +139,16 @@ class FusedGroup:
         else:
             out = node.outputs[0]
             assert out is not None
+            out_shape = self.extents(out)
+            shapes = [() if v is None else self.extents(v) for v in node.inputs]
+            self.checks.extend(c for c in broadcast_conditions(out_shape, shapes,
+                                                               node.describe())
+                               if all(c[1] != m for _, m in self.checks))
             operands = [
                 None if v is None else self.element(
-                    v.name, _broadcast(index, _static(v.type.shape)), anchor_value)
-                for v in node.inputs
+                    v.name, tuple(broadcast_index(index, Buffer("", DType.I64, shape),
+                                                  out_shape)), anchor_value)
+                for v, shape in zip(node.inputs, shapes, strict=True)
             ]
             value = elementwise_expr(node.op, op_def(node.op).with_defaults(node.attrs),
                                      operands, out.type.dtype)
@@ -154,13 +184,16 @@ class FusedGroup:
         sources = tuple(n.name for n in self.body.nodes if n.op is not Op.CONSTANT and n.name)
         return [replace(k, source=sources or k.source) for k in kernels]
 
-    def output_shape(self) -> tuple[int, ...]:
+    def output_shape(self) -> tuple[Extent, ...]:
         """The shape every output of an elementwise group has."""
-        shape = _static(self.body.outputs[0].type.shape)
+        shape = self.extents(self.body.outputs[0])
         for value in self.body.outputs:
-            if _static(value.type.shape) != shape:
+            found = self.extents(value)
+            if len(found) != len(shape) or not all(
+                    same_extent(a, b) for a, b in zip(found, shape, strict=True)):
                 raise self.ctx.fail(f"elementwise group output %{value.name} has shape "
-                                    f"{list(value.type.shape)}, expected {list(shape)}")
+                                    f"{list(value.type.shape)}, expected "
+                                    f"{list(self.body.outputs[0].type.shape)}")
         return shape
 
     def anchor_context(self, result: Value) -> tuple[LowerContext, Buffer]:
@@ -169,15 +202,15 @@ class FusedGroup:
         ctx, anchor = self.ctx, self.anchor
         assert anchor is not None
 
-        def buffer(name: str, dtype: DType, shape: Sequence[int | str]) -> Buffer:
-            found = self.buffers.get(name) or self.outputs.get(name)
-            return found if found is not None else Buffer(name, dtype, _static(shape))
+        def buffer(value: Value) -> Buffer:
+            found = self.buffers.get(value.name) or self.outputs.get(value.name)
+            return found if found is not None else Buffer(value.name, value.type.dtype,
+                                                          self.extents(value))
 
-        inputs = [None if v is None else buffer(v.name, v.type.dtype, v.type.shape)
-                  for v in anchor.inputs]
+        inputs = [None if v is None else buffer(v) for v in anchor.inputs]
         # the fused node's constant operands (weights) stay visible to the anchor's lowering
         outer = {v.name: ctx.const(i) for i, v in enumerate(self.body.inputs)}
-        out = buffer(result.name, result.type.dtype, result.type.shape)
+        out = buffer(result)
         self.anchor_buffer = out
         actx = LowerContext(
             anchor, op_def(anchor.op).with_defaults(anchor.attrs), inputs,
@@ -186,6 +219,7 @@ class FusedGroup:
              for v in anchor.inputs],
             f"{ctx.name}_{anchor.op.value}",
             ctx.machine,
+            dims=ctx.dims,
         )
         return actx, out
 
@@ -209,8 +243,8 @@ def _elementwise(group: FusedGroup) -> list[Kernel]:
     names = [v.name for v in group.body.outputs]
     shape = group.output_shape()
     nest = loop_over(shape, lambda index: Block(tuple(group.store_all(names, index))), "i",
-                     int(np.prod(shape)) * len(names), vectorize=True)
-    return [group.ctx.kernel(nest)]
+                     extent_mul(product(shape), len(names)), vectorize=True)
+    return [group.ctx.kernel(checked(group.checks, nest))]
 
 
 def _anchored(group: FusedGroup) -> list[Kernel]:
@@ -247,7 +281,7 @@ def _anchored(group: FusedGroup) -> list[Kernel]:
             bodies[-1] = _separate_epilogue(group, bodies, out, epilogue)
             bodies[:-1] = [_rename(b, out, group.anchor_buffer) for b in bodies[:-1]]
     outputs = [b for b in ctx.outputs if b is not None]
-    made = [ctx.kernel(b, outputs=outputs) for b in bodies]
+    made = [ctx.kernel(checked(group.checks, b), outputs=outputs) for b in bodies]
     _check_bound(ctx, made)
     return made
 
@@ -323,7 +357,7 @@ def _separate_epilogue(group: FusedGroup, bodies: list[Stmt], out: Buffer,
     group.anchor_buffer = target
     shape = out.shape
     nest = loop_over(shape, lambda index: Block(tuple(group.store_all(names, index))), "epi",
-                     max(1, int(np.prod(shape))) * len(names), vectorize=True)
+                     extent_mul(product(shape), len(names)), vectorize=True)
     return Block((_rename(bodies[-1], out, target), nest))
 
 
@@ -338,9 +372,10 @@ def _rename(body: Stmt, old: Buffer, new: Buffer) -> Stmt:
 
 
 def _check_bound(ctx: LowerContext, kernels: Sequence[Kernel]) -> None:
-    """Every buffer a kernel touches is one of its parameters (no body value left over)."""
+    """Every buffer a kernel touches is one of its parameters (no body value left over; the
+    run's dims become a parameter when the graph lowering binds the kernel)."""
     for kernel in kernels:
-        params = {b.name for b in kernel.params}
+        params = {b.name for b in kernel.params} | {DIMS.name}
         for node in walk(kernel.body):
             touched = [node.buffer] if isinstance(node, Load | Store) else (
                 [node.a, node.b, node.c] if isinstance(node, MatmulTile) else [])

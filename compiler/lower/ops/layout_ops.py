@@ -46,6 +46,7 @@ from ..kernel_ir import (
 from ..registry import LowerContext, lowering
 from .common import PARALLEL_WORK, affine, const, idx
 from .nn_common import acc_dtype, all_of, guarded, lowest, nest, unravel
+from .nn_window import by_image
 
 Row = Callable[[Expr, Expr, Expr], Stmt]
 # Windows of up to this many taps are unrolled into one expression per output vector, which
@@ -193,17 +194,20 @@ def _pool(ctx: LowerContext, start: float, combine: Callable[[Expr, Expr], Expr]
 
 
 @lowering(Op.MAX_POOL_NCHWC)
+@by_image
 def lower_max_pool_nchwc(ctx: LowerContext) -> list[Kernel]:
     x = ctx.input(0)
     return _pool(ctx, lowest(x.dtype), lambda a, v: Binary("max", a, v), average=False)
 
 
 @lowering(Op.AVERAGE_POOL_NCHWC)
+@by_image
 def lower_average_pool_nchwc(ctx: LowerContext) -> list[Kernel]:
     return _pool(ctx, 0.0, lambda a, v: a + v, average=True)
 
 
 @lowering(Op.LRN_NCHWC)
+@by_image
 def lower_lrn_nchwc(ctx: LowerContext) -> list[Kernel]:
     """out = x / (bias + alpha / size * (sum of the window's squares)) ** beta. Per pixel, the
     squares of its channels go to a scratch row in channel order between zero borders, where

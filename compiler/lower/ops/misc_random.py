@@ -30,6 +30,7 @@ from ..kernel_ir import (
     Stmt,
     Unary,
     Var,
+    as_index,
     binary,
     block,
     select,
@@ -119,6 +120,7 @@ def lower_multinomial(ctx: LowerContext) -> list[Kernel]:
     its scaled uniform reaches (the reference's ``draw >= cdf`` count, clamped)."""
     logits, out = ctx.input(0), ctx.output()
     batch, classes = logits.shape
+    top_class = float(classes - 1) if isinstance(classes, int) else (classes - 1).cast(F64)
     samples = out.shape[1]
     key = seed_key(ctx.attr("seed"))
     b, c, s = Var("mn_b"), Var("mn_c"), Var("mn_s")
@@ -134,19 +136,20 @@ def lower_multinomial(ctx: LowerContext) -> list[Kernel]:
         sample += [
             Declare(target, u * total), Declare(acc, Const(0.0, F64)),
             Declare(count, Const(0.0, F64)),
-            Loop(c, Const(classes, DType.I64), block(
+            Loop(c, as_index(classes), block(
                 Assign(acc, acc + weight(c)),
                 Assign(count, count + select(target >= acc, Const(1.0, F64), 0.0)),
             )),
-            out.store([b, s], binary("min", count, float(classes - 1)).cast(out.dtype)),
+            out.store([b, s], binary("min", count, top_class).cast(out.dtype)),
         ]
         return block(
             Declare(top, Const(-math.inf, F64)),
-            Loop(c, Const(classes, DType.I64),
+            Loop(c, as_index(classes),
                  Assign(top, binary("max", top, logits.load(b, c).cast(F64)))),
             Declare(total, Const(0.0, F64)),
-            Loop(c, Const(classes, DType.I64), Assign(total, total + weight(c))),
+            Loop(c, as_index(classes), Assign(total, total + weight(c))),
             Loop(s, Const(samples, DType.I64), block(sample)),
         )
 
-    return [ctx.kernel(flat_loop(b.name, (batch,), row, classes * (samples + 2)))]
+    work = classes * (samples + 2) if isinstance(classes, int) else samples + 2
+    return [ctx.kernel(flat_loop(b.name, (batch,), row, work))]

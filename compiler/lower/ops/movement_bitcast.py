@@ -26,7 +26,7 @@ from ..kernel_ir import (
 )
 from ..registry import LowerContext, lowering
 from .common import const, idx
-from .movement_loops import logical, loops
+from .movement_loops import defining, logical, loops
 
 # (exponent bits, mantissa bits) of each float format.
 _FORMATS = {DType.F16: (5, 10), DType.BF16: (8, 7), DType.F32: (8, 23), DType.F64: (11, 52)}
@@ -107,7 +107,8 @@ def lower_bit_cast(ctx: LowerContext) -> list[Kernel]:
             return block(stmts, out.store(o, result))
         return out.store(o, _float_of(_widened(value, source), target))
 
-    return [ctx.kernel(loops(out.shape, body, "b", vectorize=False))]
+    nest = loops(out.shape, body, "b", vectorize=False)
+    return [*defining(ctx, data.shape), ctx.kernel(nest)]
 
 
 def _widened(value: Expr, dtype: DType) -> Expr:

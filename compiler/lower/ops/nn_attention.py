@@ -4,6 +4,10 @@ KV cache, causal and sliding windows, nonpad lengths, softcap, qk output modes).
 Kernel 1 writes present_key/present_value (past then new); kernel 2 handles one query row per
 iteration of its parallel loop: scores with their bias into a scratch row, a max-shifted
 softmax in place, then the weighted sum of values.
+
+Batch, sequence and cache lengths may be known only at run time (run-time loop extents; an
+output extent the type rules leave unknown is defined by a first kernel); head counts and sizes
+must be static.
 """
 
 from __future__ import annotations
@@ -25,12 +29,16 @@ from ..kernel_ir import (
     Stmt,
     Unary,
     Var,
+    as_index,
     block,
+    extent_add,
+    extent_mul,
     select,
 )
 from ..registry import LowerContext, lowering
-from .common import broadcast_index, const, idx
+from .common import Extent, broadcast_index, const, idx, product
 from .nn_common import acc_dtype, add_to, all_of, nest
+from .nn_window import define_extents
 
 NEG_INF = -math.inf
 
@@ -38,14 +46,18 @@ NEG_INF = -math.inf
 class _Operand:
     """A [B, heads, seq, size] view of a 4-D operand or of a packed [B, seq, heads * size]."""
 
-    def __init__(self, buffer: Buffer, heads: int) -> None:
+    def __init__(self, ctx: LowerContext, buffer: Buffer, heads: int) -> None:
         self.buffer = buffer
         self.packed = len(buffer.shape) == 3
+        self.seq: Extent
         if self.packed:
-            self.heads, self.seq = heads, buffer.shape[1]
-            self.size = buffer.shape[2] // heads
+            self.heads, self.seq, width = heads, buffer.shape[1], buffer.shape[2]
         else:
-            _, self.heads, self.seq, self.size = buffer.shape
+            _, self.heads, self.seq, width = buffer.shape  # type: ignore[assignment]
+        if not (isinstance(self.heads, int) and isinstance(width, int)):
+            raise ctx.fail(f"the heads or head size of %{buffer.name} are known only at run "
+                           "time; the lowering of attention needs them at compile time")
+        self.size = width // heads if self.packed else width
 
     def load(self, b: Expr, h: Expr, s: Expr, d: Expr) -> Expr:
         if self.packed:
@@ -74,15 +86,15 @@ def lower_attention(ctx: LowerContext) -> list[Kernel]:
                                     for i in (3, 4, 5, 6))
     present_k, present_v, qk_out = (ctx.outputs[i] if len(ctx.outputs) > i else None
                                     for i in (1, 2, 3))
-    q = _Operand(q_buf, int(ctx.attr("q_num_heads") or 0))
-    k = _Operand(k_buf, int(ctx.attr("kv_num_heads") or 0))
-    v = _Operand(v_buf, int(ctx.attr("kv_num_heads") or 0))
-    y = _Operand(y_buf, q.heads)
+    q = _Operand(ctx, q_buf, int(ctx.attr("q_num_heads") or 0))
+    k = _Operand(ctx, k_buf, int(ctx.attr("kv_num_heads") or 0))
+    v = _Operand(ctx, v_buf, int(ctx.attr("kv_num_heads") or 0))
+    y = _Operand(ctx, y_buf, q.heads)
     dtype = q_buf.dtype
     acc = acc_dtype(dtype)
     precision = ctx.attr("softmax_precision") or dtype
     past_len = past_k.shape[2] if past_k is not None else 0
-    total = past_len + k.seq
+    total = extent_add(past_len, k.seq)
     batch, group = q_buf.shape[0], q.heads // k.heads
     scale = ctx.attr("scale")
     root = const(math.sqrt(1.0 / math.sqrt(q.size) if scale is None else float(scale)), dtype)
@@ -91,7 +103,16 @@ def lower_attention(ctx: LowerContext) -> list[Kernel]:
     causal = bool(ctx.attr("is_causal"))
     left, right = int(ctx.attr("left_window_size")), int(ctx.attr("right_window_size"))
     row = ctx.scratch("row", precision, (batch, q.heads, q.seq, total))
-    kernels: list[Kernel] = []
+    # output extents left to define (run-time ones the type rules could not name)
+    pairs: list[tuple[Extent, list[Extent]]] = [
+        (y_buf.shape[axis], [q_buf.shape[axis]]) for axis in range(len(y_buf.shape) - 1)]
+    for present in (present_k, present_v):
+        if present is not None:
+            pairs += [(present.shape[0], [batch]), (present.shape[2], [total])]
+    if qk_out is not None:
+        pairs += [(qk_out.shape[0], [batch]), (qk_out.shape[2], [q.seq]),
+                  (qk_out.shape[3], [total])]
+    kernels: list[Kernel] = define_extents(ctx, pairs)
 
     for present, new, past in ((present_k, k, past_k), (present_v, v, past_v)):
         if present is not None:
@@ -106,16 +127,22 @@ def lower_attention(ctx: LowerContext) -> list[Kernel]:
         terms: list[Expr] = []
         if mask is not None:
             length = mask.shape[-1]
-            clamped = t if length >= total else Binary("min", t, idx(length - 1))
-            index = broadcast_index([b, h, i, clamped], mask)
+            known = isinstance(length, int) and isinstance(total, int)
+            covers = length >= total if known else length is total
+            last = idx(length - 1) if isinstance(length, int) else length - 1
+            clamped = t if covers else Binary("min", t, last)
+            lead = Buffer(mask.name, mask.dtype, mask.shape[:-1])
+            index = [*broadcast_index([b, h, i], lead, [batch, q.heads, q.seq]), clamped]
+            if known:
+                index = broadcast_index([b, h, i, clamped], mask)
             raw = mask.load(*index)
             value = (select(raw, const(0, dtype), const(NEG_INF, dtype))
                      if mask.dtype is DType.BOOL else raw.cast(dtype))
-            if length < total:  # a short mask leaves the trailing keys masked out
+            if not covers:  # a short mask leaves the trailing keys masked out
                 value = select(t < length, value, const(NEG_INF, dtype))
             terms.append(value)
         if past_k is not None:
-            offset: Expr = idx(past_len)
+            offset: Expr = as_index(past_len)
         elif nonpad is not None:
             offset = nonpad.load(b).cast(DType.I64) - q.seq
         else:
@@ -193,15 +220,15 @@ def lower_attention(ctx: LowerContext) -> list[Kernel]:
 
         return block(
             Declare(peak, const(NEG_INF, precision)), Declare(bias_peak, const(NEG_INF, dtype)),
-            Loop(t, idx(total), scores_pass),
+            Loop(t, as_index(total), scores_pass),
             If(peak.eq(NEG_INF), Assign(peak, const(0, precision))),
-            Declare(sum_, const(0, sum_.dtype)), Loop(t, idx(total), exp_pass),
+            Declare(sum_, const(0, sum_.dtype)), Loop(t, as_index(total), exp_pass),
             Declare(total_sum, sum_.cast(precision)),
-            Loop(t, idx(total), norm_pass),
+            Loop(t, as_index(total), norm_pass),
             nest([v.size], values, "e"),
         )
 
-    work = batch * q.heads * q.seq * total * (q.size + v.size)
+    work = extent_mul(product([batch, q.heads, q.seq, total]), q.size + v.size)
     outputs = [b for b in (y_buf, qk_out) if b is not None]
     kernels.append(ctx.kernel(nest([batch, q.heads, q.seq], body, "o", work=work),
                               outputs=outputs))

@@ -12,6 +12,7 @@ from ...ir.types import DType
 from ..kernel_ir import (
     Assign,
     Binary,
+    Buffer,
     Expr,
     If,
     Loop,
@@ -19,9 +20,10 @@ from ..kernel_ir import (
     Stmt,
     Unary,
     Var,
+    as_index,
 )
 from ..kernel_ir import unravel as unravel  # one definition, also used by MatmulTile
-from .common import PARALLEL_WORK, affine, const, idx
+from .common import PARALLEL_WORK, Extent, affine, const, idx, work_estimate
 
 # Below this many scalar operations a parallel loop costs more than it saves.
 
@@ -58,33 +60,34 @@ def guarded(cond: Expr | None, body: Stmt) -> Stmt:
 
 
 def nest(
-    extents: Sequence[int],
+    extents: Sequence[Extent],
     make_body: Callable[[list[Expr]], Stmt],
     prefix: str,
-    work: int = 0,
+    work: Extent = 0,
     vectorize_inner: bool = False,
 ) -> Stmt:
-    """Loops over ``extents`` (unit axes bound to 0 instead of looped); the outermost loop is
-    parallel when ``work`` (scalar operations of the whole nest) is large, the innermost is
-    vectorized if asked."""
+    """Loops over ``extents`` (static unit axes bound to 0 instead of looped); the outermost
+    loop is parallel when ``work`` (scalar operations of the whole nest, see
+    ``work_estimate``) is large, the innermost is vectorized if asked."""
     variables: list[Expr] = []
-    looped: list[tuple[Var, int]] = []
+    looped: list[tuple[Var, Extent]] = []
     for axis, extent in enumerate(extents):
-        if extent == 1:
+        if isinstance(extent, int) and extent == 1:
             variables.append(idx(0))
         else:
             var = Var(f"{prefix}{axis}")
             variables.append(var)
-            looped.append((var, int(extent)))
+            looped.append((var, extent if isinstance(extent, Expr) else int(extent)))
     body = make_body(variables)
+    large = work_estimate(work) > PARALLEL_WORK
     for position in reversed(range(len(looped))):
         var, extent = looped[position]
         kind = LoopKind.SERIAL
-        if position == 0 and work > PARALLEL_WORK:
+        if position == 0 and large:
             kind = LoopKind.PARALLEL
         elif position == len(looped) - 1 and vectorize_inner:
             kind = LoopKind.VECTORIZE
-        body = Loop(var, idx(extent), body, kind)
+        body = Loop(var, as_index(extent), body, kind)
     return body
 
 
@@ -92,13 +95,19 @@ def add_to(acc: Var, value: Expr) -> Assign:
     return Assign(acc, acc + value)
 
 
-def ravel(coords: Sequence[Expr], shape: Sequence[int]) -> Expr:
+def ravel(coords: Sequence[Expr], shape: Sequence[Extent]) -> Expr:
     """Row-major flat index of ``coords`` in ``shape``."""
-    strides, step = [], 1
-    for extent in reversed(shape):
-        strides.append(step)
-        step *= extent
-    return affine(list(zip(coords, reversed(strides), strict=True)))
+    if all(isinstance(extent, int) for extent in shape):
+        strides, step = [], 1
+        for extent in reversed(shape):
+            strides.append(step)
+            step *= extent  # type: ignore[operator]
+        return affine(list(zip(coords, reversed(strides), strict=True)))
+    flat: Expr = idx(0)
+    for coord, stride in zip(coords, Buffer("", DType.I64, tuple(shape)).element_strides,
+                             strict=True):
+        flat = flat + coord * stride
+    return flat
 
 
 def requantize(value: Expr, zero: Expr, out: DType) -> Expr:

@@ -15,6 +15,7 @@ fit f32's integers (compiler/lower/ops/quant_tiled.py), then the integer epilogu
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import math
 from collections.abc import Callable, Sequence
@@ -42,11 +43,14 @@ from ..kernel_ir import (
     Loop,
     LoopKind,
     MatmulTile,
+    Report,
     Select,
     Stmt,
     Unary,
     Var,
+    as_index,
     block,
+    define_dim,
     flat_view,
 )
 from ..registry import LowerContext, lowering
@@ -54,8 +58,8 @@ from ..schedules import conv as schedules
 from . import quant_tiled
 from .common import const, idx
 from .conv_tiled import conv_shape, merged, pad_input, parallel_loop, vector_width
-from .nn_common import acc_dtype, add_to, nest, ravel, requantize, unravel
-from .nn_window import over_scatter_taps, over_window
+from .nn_common import acc_dtype, add_to, all_of, nest, ravel, requantize, unravel
+from .nn_window import by_image, over_scatter_taps, over_window, runtime_window
 
 # (n, c) -> per-tap loader (positions -> value); (m, c_local, taps) -> weight value.
 LoadX = Callable[[Expr, Expr, list[Expr]], Expr]
@@ -132,9 +136,16 @@ def _float_conv(ctx: LowerContext, x: Buffer, w: Buffer, win: Window,
 
 
 @lowering(Op.CONV)
+@functools.partial(by_image, generic=True)
 def lower_conv(ctx: LowerContext) -> list[Kernel]:
     x, w = ctx.input(0), ctx.input(1)
     bias = ctx.input(2) if ctx.has_input(2) else None
+    if not Buffer("", x.dtype, x.shape[1:]).is_static:
+        # run-time spatial extents (static channels): the scalar loop nest, every tap guarded
+        ctx.require_static(w, Buffer(x.name, x.dtype, x.shape[1:2]))
+        kernel = kernel_shape_of(ctx.attrs, w.shape[2:], len(x.shape) - 2, ctx.fail)
+        win, shape = runtime_window(ctx, x, kernel)
+        return [*shape, ctx.kernel(_float_conv(ctx, x, w, win, bias))]
     if len(x.shape) == 4 and x.dtype in (DType.F32, DType.F64):
         win = forward_window(ctx, x, w)
         group = int(ctx.attr("group"))
@@ -638,6 +649,7 @@ def _integer_epilogue(ctx: LowerContext, found: tuple[Stmt, list[Buffer]], bias:
 
 
 @lowering(Op.CONV_INTEGER)
+@by_image
 def lower_conv_integer(ctx: LowerContext) -> list[Kernel]:
     x, w, out = ctx.input(0), ctx.input(1), ctx.output()
     x_zero = ctx.input(2) if ctx.has_input(2) else None
@@ -658,6 +670,7 @@ def lower_conv_integer(ctx: LowerContext) -> list[Kernel]:
 
 
 @lowering(Op.QLINEAR_CONV)
+@by_image
 def lower_qlinear_conv(ctx: LowerContext) -> list[Kernel]:
     x, x_scale, x_zero, w, w_scale, w_zero, y_scale, y_zero = (ctx.input(i) for i in range(8))
     bias = ctx.input(8) if ctx.has_input(8) else None
@@ -687,6 +700,7 @@ def lower_qlinear_conv(ctx: LowerContext) -> list[Kernel]:
 
 
 @lowering(Op.CAUSAL_CONV_WITH_STATE)
+@by_image
 def lower_causal_conv(ctx: LowerContext) -> list[Kernel]:
     """Depthwise conv over concat(past_state, x) along time (zeros without a past state)."""
     x, w = ctx.input(0), ctx.input(1)
@@ -767,6 +781,7 @@ def _gathered(
 
 
 @lowering(Op.CONV_TRANSPOSE)
+@by_image
 def lower_conv_transpose(ctx: LowerContext) -> list[Kernel]:
     x, w, out = ctx.input(0), ctx.input(1), ctx.output()
     bias = ctx.input(2) if ctx.has_input(2) else None
@@ -790,11 +805,83 @@ def lower_conv_transpose(ctx: LowerContext) -> list[Kernel]:
 
 @lowering(Op.COL2IM)
 def lower_col2im(ctx: LowerContext) -> list[Kernel]:
+    if ctx.const(1) is None or ctx.const(2) is None:
+        return _col2im_at_run_time(ctx)
+    return _col2im(ctx)
+
+
+def _col2im_at_run_time(ctx: LowerContext) -> list[Kernel]:
+    """Col2Im whose image_shape and block_shape are run-time values: a shape kernel defines
+    the output extents (reporting bad values), then a serial scatter-add of every column
+    element to its image position (the block grid, taps and image all run-time loops)."""
+    x, image, block_shape, out = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output()
+    ctx.require_static(image, block_shape)
+    rank = len(out.shape) - 2
+    if image.shape != (rank,) or block_shape.shape != (rank,):
+        raise ctx.fail(f"image_shape and block_shape must hold {rank} values each")
+    strides = [int(v) for v in ctx.attr("strides") or [1] * rank]
+    dilations = [int(v) for v in ctx.attr("dilations") or [1] * rank]
+    pads = [int(v) for v in ctx.attr("pads") or [0] * (2 * rank)]
+    what = ctx.node.describe()
+
+    def values(buffer: Buffer, name: str) -> tuple[list[Stmt], list[Var]]:
+        found = [Var(f"{name}{d}") for d in range(rank)]
+        return [Declare(v, buffer.load(idx(d)).cast(DType.I64)) for d, v in enumerate(found)], found
+
+    block_stmts, kernel = values(block_shape, "block")
+    taps: Expr = kernel[0]
+    for extent in kernel[1:]:
+        taps = taps * extent
+    shape: list[Stmt] = list(block_stmts)
+    image_stmts, sizes = values(image, "image")
+    shape += image_stmts
+    per_tap = Binary("max", taps, idx(1))  # no division by zero where taps are reported
+    bad = Binary("or", taps <= 0, (as_index(x.shape[1]) % per_tap).ne(0))
+    for size in sizes:
+        bad = Binary("or", bad, size < 0)
+    shape.append(If(bad, Report(f"{what}: block_shape must be positive and divide the input's "
+                                "channels, image_shape non-negative")))
+    sources = [as_index(x.shape[0]), as_index(x.shape[1]) // per_tap,
+               *(Binary("max", size, idx(0)) for size in sizes)]
+    for out_extent, value in zip(out.shape, sources, strict=True):
+        if isinstance(out_extent, Expr) and any(out_extent is u for u in ctx.undefined_dims):
+            shape.append(define_dim(out_extent, value))
+    kernels = [ctx.kernel(block(shape), outputs=[], scratch=[])]
+
+    body: list[Stmt] = list(block_stmts)
+    counts = []
+    for d in range(rank):
+        span = (kernel[d] - 1) * dilations[d] + 1
+        room = as_index(out.shape[2 + d]) + (pads[d] + pads[rank + d]) - span
+        count = Var(f"blocks{d}")
+        body.append(Declare(count, Select(room < 0, idx(0), room // strides[d] + 1)))
+        counts.append(count)
+    total: Expr = counts[0]
+    for count in counts[1:]:
+        total = total * count
+    fits = Binary("and", as_index(x.shape[2]).eq(total),
+                  as_index(x.shape[1]).eq(as_index(out.shape[1]) * taps))
+    n, c, t, q = Var("col_n"), Var("col_c"), Var("col_t"), Var("col_l")
+    tap, at = unravel(t, kernel), unravel(q, counts)
+    position = [at[d] * strides[d] - pads[d] + tap[d] * dilations[d] for d in range(rank)]
+    inside = all_of([Binary("and", p >= 0, p < out.shape[2 + d])
+                     for d, p in enumerate(position)])
+    assert inside is not None
+    target = [n, c, *position]
+    add = out.store(target, out.load(*target) + x.load(n, c * taps + t, q))
+    scatter = Loop(n, as_index(x.shape[0]), Loop(c, as_index(out.shape[1]), Loop(
+        t, taps, Loop(q, as_index(x.shape[2]), If(inside, add)))))
+    zero = nest(list(out.shape), lambda v: out.store(v, const(0, out.dtype)), "z")
+    body.append(If(fits, block(zero, scatter), Report(
+        f"{what}: the input's blocks do not match the image, block and window geometry")))
+    return [*kernels, ctx.kernel(block(body))]
+
+
+@by_image
+def _col2im(ctx: LowerContext) -> list[Kernel]:
     x, out = ctx.input(0), ctx.output()
     image, block_shape = ctx.const(1), ctx.const(2)
-    if image is None or block_shape is None:
-        raise ctx.fail("image_shape and block_shape must be constants; dynamic shapes are not "
-                       "supported yet")
+    assert image is not None and block_shape is not None
     blocks = [int(v) for v in block_shape]
     sizes = [int(v) for v in image]
     if len(blocks) != len(sizes):

@@ -35,6 +35,7 @@ from ..kernel_ir import (
 from ..registry import LowerContext, lowering
 from .common import const, idx
 from .nn_common import acc_dtype, all_of, nest, unravel
+from .nn_window import by_image
 
 CUBIC_ALPHA = -0.75
 # Tap bases are clamped this far outside the image before the float -> int conversion: every
@@ -193,6 +194,7 @@ def _unnormalize(coord: Expr, size: int, align: bool) -> Expr:
 
 
 @lowering(Op.GRID_SAMPLE)
+@by_image
 def lower_grid_sample(ctx: LowerContext) -> list[Kernel]:
     x, grid, out = ctx.input(0), ctx.input(1), ctx.output()
     mode = _MODE_ALIASES.get(ctx.attr("mode"), ctx.attr("mode"))
@@ -222,6 +224,7 @@ def lower_grid_sample(ctx: LowerContext) -> list[Kernel]:
 
 
 @lowering(Op.DEFORM_CONV)
+@by_image
 def lower_deform_conv(ctx: LowerContext) -> list[Kernel]:
     x, w, offset, out = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output()
     bias = ctx.input(3) if ctx.has_input(3) else None

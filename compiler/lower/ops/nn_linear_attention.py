@@ -5,7 +5,8 @@ Each (batch, kv head) pair owns a [d_k, d_v] f32 state (present_state itself whe
 else a scratch copied out at the end) and runs the time steps in order; the outer loop over the
 pairs is parallel. Per step: decay the state rows by exp(decay) (gated rules), add
 k ⊗ v — with the delta rules v is first replaced, column by column, by beta * (v - state^T k) —
-then read every query head of the group out of the updated state.
+then read every query head of the group out of the updated state. Batch and sequence length
+may be known only at run time; head counts and sizes must be static.
 """
 
 from __future__ import annotations
@@ -14,7 +15,20 @@ import math
 
 from ...ir.op import Op
 from ...ir.types import DType
-from ..kernel_ir import Buffer, Declare, Expr, Kernel, Loop, LoopKind, Stmt, Unary, Var, block
+from ..kernel_ir import (
+    Buffer,
+    Declare,
+    Expr,
+    Kernel,
+    Loop,
+    LoopKind,
+    Stmt,
+    Unary,
+    Var,
+    as_index,
+    block,
+    extent_mul,
+)
 from ..registry import LowerContext, lowering
 from .common import const, idx
 from .nn_common import add_to, nest, unravel
@@ -29,6 +43,7 @@ def lower_linear_attention(ctx: LowerContext) -> list[Kernel]:
     present = ctx.outputs[1] if len(ctx.outputs) > 1 else None
     hq, hkv = int(ctx.attr("q_num_heads")), int(ctx.attr("kv_num_heads"))
     batch, steps, q_hidden = query.shape
+    ctx.require_static(*(Buffer(b.name, b.dtype, b.shape[2:]) for b in (query, key, value)))
     d_k, d_v = q_hidden // hq, value.shape[2] // hkv
     if key.shape[2] != hkv * d_k:
         raise ctx.fail(f"key {list(key.shape)} must be [B, T, kv_num_heads * {d_k}]")
@@ -39,8 +54,9 @@ def lower_linear_attention(ctx: LowerContext) -> list[Kernel]:
     shared_beta = beta is not None and beta.shape[2] == 1
     attr_scale = float(ctx.attr("scale"))
 
-    def loop(var: Var, extent: int, body: Stmt, vector: bool = False) -> Stmt:
-        return Loop(var, idx(extent), body, LoopKind.VECTORIZE if vector else LoopKind.SERIAL)
+    def loop(var: Var, extent: int | Expr, body: Stmt, vector: bool = False) -> Stmt:
+        return Loop(var, as_index(extent), body,
+                    LoopKind.VECTORIZE if vector else LoopKind.SERIAL)
 
     def readout(b: Expr, t: Expr, q_head: Expr, m: Expr, dot: Expr) -> Stmt:
         if attr_scale:
@@ -103,6 +119,6 @@ def lower_linear_attention(ctx: LowerContext) -> list[Kernel]:
                 [b, h, d, m], cell(d, m).cast(present.dtype)), vector=True)))
         return block(stmts)
 
-    work = batch * hkv * steps * d_k * d_v * (3 + group)
+    work = extent_mul(extent_mul(batch, steps), hkv * d_k * d_v * (3 + group))
     outputs: list[Buffer] = [o for o in (out, present) if o is not None]
-    return [ctx.kernel(nest([batch * hkv], body, "p", work=work), outputs=outputs)]
+    return [ctx.kernel(nest([extent_mul(batch, hkv)], body, "p", work=work), outputs=outputs)]

@@ -18,6 +18,15 @@ the operands minus their zero points, exactly, when the sums provably fit f32's 
 other products (those integer ones, other float types, Einsum) are scalar loop nests: each
 output element is a local accumulator summed over the contraction index, innermost; the output
 loops carry broadcast batch indices and the outermost is parallel for large products.
+
+Run-time extents: a product whose only run-time extent is M (batch rows, A's batch folded into
+them) keeps the tiled schedule, scheduled for a large M: full row tiles, then the rows a tile
+cannot take (M % rows) as one-row tiles. Any other run-time extent (batch axes, N, K: attention
+scores) takes the loop nests, an f32/f64 MatMul (matrix operands) as rows of output updated
+by a vectorized loop over N per contraction step (same summation order: no reduction across
+lanes). Batch axes broadcast at run time (an extent of 1 is read at index 0, a mismatch is
+reported); an output extent the type rules could not tie to the inputs (different symbols, an
+unnamed input axis) is computed by a first kernel.
 """
 
 from __future__ import annotations
@@ -43,18 +52,34 @@ from ..kernel_ir import (
     Loop,
     LoopKind,
     MatmulTile,
+    Report,
     Select,
     Stmt,
     Var,
+    as_index,
     block,
+    extent_mul,
+    select,
 )
 from ..registry import LowerContext, lowering
 from ..schedules import gemm
 from ..schedules.gemm import ceil_div
 from . import quant_tiled
-from .common import PARALLEL_WORK, affine, broadcast_index, const, idx
+from .common import (
+    PARALLEL_WORK,
+    Extent,
+    affine,
+    broadcast_checks,
+    broadcast_index,
+    const,
+    idx,
+    product,
+    same_extent,
+    work_estimate,
+)
 from .nn_common import acc_dtype, add_to, nest, requantize, unravel
 from .nn_conv import scalar
+from .nn_window import define_extents
 
 # (a value, b value, i, j, k) -> the product term; i/j are None for 1-D operands.
 Term = Callable[[Expr, Expr, Expr | None, Expr | None, Expr], Expr]
@@ -66,20 +91,29 @@ def work_dtype(dtype: DType) -> DType:
     return acc_dtype(dtype) if dtype.is_float else dtype
 
 
-def _operand_index(buffer: Buffer, batch: list[Expr], row: Expr, col: Expr) -> list[Expr]:
+def _operand_index(buffer: Buffer, batch: list[Expr], row: Expr, col: Expr,
+                   out_batch: Sequence[Extent]) -> list[Expr]:
     """Index of a matrix operand (rank >= 2): broadcast batch dims, then (row, col)."""
-    lead = broadcast_index(batch, Buffer(buffer.name, buffer.dtype, buffer.shape[:-2]))
+    lead = broadcast_index(batch, Buffer(buffer.name, buffer.dtype, buffer.shape[:-2]),
+                           out_batch)
     return [*lead, row, col]
+
+
+def _batch_views(*operands: Buffer) -> list[Buffer]:
+    """The batch axes of the matrix operands (rank >= 2), for broadcast checks."""
+    return [Buffer(x.name, x.dtype, x.shape[:-2]) for x in operands if len(x.shape) > 2]
 
 
 def matmul_nest(
     a: Buffer, b: Buffer, out: Buffer, acc_type: DType, term: Term,
-    finish: Callable[[Expr, list[Expr], Expr | None, Expr | None], Expr],
+    finish: Callable[[Expr, list[Expr], Expr | None, Expr | None], Expr], what: str,
 ) -> Stmt:
-    """out[batch, i, j] = finish(sum_k term(a[batch, i, k], b[batch, k, j], i, j, k))."""
+    """out[batch, i, j] = finish(sum_k term(a[batch, i, k], b[batch, k, j], i, j, k)); with
+    run-time extents, only when the batch axes broadcast (else a Report naming ``what``)."""
     k_extent = a.shape[-1]
     has_rows, has_cols = len(a.shape) > 1, len(b.shape) > 1
     batch_rank = len(out.shape) - int(has_rows) - int(has_cols)
+    out_batch = out.shape[:batch_rank]
 
     def body(v: list[Expr]) -> Stmt:
         batch = v[:batch_rank]
@@ -89,14 +123,39 @@ def matmul_nest(
 
         def step(kv: list[Expr]) -> Stmt:
             k = kv[0]
-            a_index = [k] if i is None else _operand_index(a, batch, i, k)
-            b_index = [k] if j is None else _operand_index(b, batch, k, j)
+            a_index = [k] if i is None else _operand_index(a, batch, i, k, out_batch)
+            b_index = [k] if j is None else _operand_index(b, batch, k, j, out_batch)
             return add_to(acc, term(a.load(*a_index), b.load(*b_index), i, j, k))
 
         return block(Declare(acc, const(0, acc_type)), nest([k_extent], step, "k"),
                      out.store(v, finish(acc, v, i, j).cast(out.dtype)))
 
-    return nest(list(out.shape), body, "o", work=out.numel * k_extent)
+    loops = nest(list(out.shape), body, "o", work=extent_mul(out.numel, k_extent))
+    return broadcast_checks(out_batch, _batch_views(a, b), loops, what)
+
+
+def _row_nest(a: Buffer, b: Buffer, out: Buffer, what: str) -> Stmt:
+    """A float MatMul (rank >= 2 operands, output of the work type) as rows:
+    ``out[batch, i, :] = 0``, then for each k ``out[batch, i, :] += a[batch, i, k] *
+    b[batch, k, :]``, the loops over N vectorized (the sum adds the products in k order, like
+    ``matmul_nest``)."""
+    m, k_extent, n = a.shape[-2], a.shape[-1], b.shape[-1]
+    out_batch = out.shape[:-2]
+
+    def row(v: list[Expr]) -> Stmt:
+        batch, i = v[:-1], v[-1]
+        k, j, j0 = Var("row_k"), Var("row_j"), Var("row_j0")
+        a_value = a.load(*_operand_index(a, batch, i, k, out_batch))
+        update = out.store([*batch, i, j], out.load(*batch, i, j)
+                           + a_value * b.load(*_operand_index(b, batch, k, j, out_batch)))
+        zero = out.store([*batch, i, j0], const(0, out.dtype))
+        return block(Loop(j0, as_index(n), zero, LoopKind.VECTORIZE),
+                     Loop(k, as_index(k_extent), Loop(j, as_index(n), update,
+                                                      LoopKind.VECTORIZE)))
+
+    work = extent_mul(product([*out_batch, m, n]), k_extent)
+    loops = nest([*out_batch, m], row, "o", work=work)
+    return broadcast_checks(out_batch, _batch_views(a, b), loops, what)
 
 
 @dataclass(frozen=True)
@@ -122,7 +181,7 @@ class _Product:
     ``b_batch`` is B's own batch shape."""
 
     batch: tuple[int, ...]
-    m: int
+    m: int | Expr
     n: int
     k: int
     a: _Operand
@@ -143,8 +202,12 @@ def _tiled(p: _Product, b: _Operand, out: Buffer, sched: gemm.GemmSchedule,
     per_block = sched.n_block // nr
     full_panels, col_tail = divmod(p.n, nr)
     col_blocks = ceil_div(ceil_div(p.n, nr), per_block)
-    full_rows, row_tail = divmod(p.m, mr)
-    row_tiles = full_rows + (row_tail > 0)
+    row_tiles: int | Expr
+    if isinstance(p.m, int):
+        full_rows, row_tail = divmod(p.m, mr)
+        row_tiles = full_rows + (row_tail > 0)
+    else:  # a run-time M (the batch is then folded into it: p.batch is empty)
+        row_tiles = (p.m + (mr - 1)) // mr if mr > 1 else p.m
     k_blocks = ceil_div(p.k, kc)
     first = p.k - (k_blocks - 1) * kc
     items = math.prod(p.batch)
@@ -154,10 +217,14 @@ def _tiled(p: _Product, b: _Operand, out: Buffer, sched: gemm.GemmSchedule,
     item = task // (row_tiles * col_blocks) if items > 1 else idx(0)
     coords = unravel(item, p.batch)
     row0 = tile_index * mr
-    c_at = affine([(item, p.m * p.n), (row0, p.n)])
-    a_at, b_at = affine([(row0, a.line)]) + a.at(coords), b.at(coords)
+    # a run-time M has no batch items (p.batch is empty)
+    c_items = [(item, p.m * p.n)] if isinstance(p.m, int) else []
+    b_at = b.at(coords)
 
-    def tiles(rows: int) -> Stmt:
+    def tiles(rows: int, first_row: Expr) -> Stmt:
+        c_at = affine([*c_items, (first_row, p.n)])
+        a_at = affine([(first_row, a.line)]) + a.at(coords)
+
         def sweep(k0: Expr, extent: int, accumulate: bool) -> Stmt:
             def tile(panel: Expr, cols: int) -> MatmulTile:
                 return MatmulTile(out, c_at + panel * nr, p.n, a.buffer, a_at + k0 * a.step,
@@ -181,12 +248,21 @@ def _tiled(p: _Product, b: _Operand, out: Buffer, sched: gemm.GemmSchedule,
             steps.append(Loop(kb, idx(k_blocks - 1), sweep(kb * kc + first, kc, True)))
         return block(steps)
 
-    if full_rows and row_tail:
-        compute: Stmt = If(tile_index < full_rows, tiles(mr), tiles(row_tail))
-        rows_extent: Expr = _min(idx(p.m) - row0, mr)
+    if not isinstance(p.m, int):
+        # full tiles, then the last M % mr rows one at a time
+        tail = Var("tail_r")
+        compute: Stmt = tiles(1, row0)
+        rows_extent: Expr = idx(1)
+        if mr > 1:
+            compute = If(tile_index < p.m // mr, tiles(mr, row0),
+                         Loop(tail, p.m - row0, tiles(1, row0 + tail)))
+            rows_extent = _min(p.m - row0, mr)
+    elif full_rows and row_tail:
+        compute = If(tile_index < full_rows, tiles(mr, row0), tiles(row_tail, row0))
+        rows_extent = _min(idx(p.m) - row0, mr)
     else:
         rows = mr if full_rows else row_tail
-        compute, rows_extent = tiles(rows), idx(rows)
+        compute, rows_extent = tiles(rows, row0), idx(rows)
     col0 = jc * sched.n_block
     cols_extent = idx(min(p.n, sched.n_block)) if col_blocks == 1 else _min(
         idx(p.n) - col0, sched.n_block)
@@ -194,8 +270,10 @@ def _tiled(p: _Product, b: _Operand, out: Buffer, sched: gemm.GemmSchedule,
     index = p.out_index(coords, row0 + r, col0 + j)
     store = out.store(index, finish(out.load(*index), index))
     finishing = Loop(r, rows_extent, Loop(j, cols_extent, store, LoopKind.VECTORIZE))
-    kind = LoopKind.PARALLEL if items * p.m * p.n * p.k > PARALLEL_WORK else LoopKind.SERIAL
-    return Loop(task, idx(items * col_blocks * row_tiles), Block((compute, finishing)), kind)
+    work = items * work_estimate(p.m) * p.n * p.k
+    kind = LoopKind.PARALLEL if work > PARALLEL_WORK else LoopKind.SERIAL
+    count = extent_mul(items * col_blocks, row_tiles)
+    return Loop(task, as_index(count), Block((compute, finishing)), kind)
 
 
 def _panels(data: np.ndarray, cols: int) -> np.ndarray:
@@ -254,28 +332,36 @@ def _b_operand(ctx: LowerContext, p: _Product, b: Buffer, transposed: bool,
 def _tiled_kernel(ctx: LowerContext, p: _Product, transposed: bool, finish: Finish) -> Kernel:
     """The kernel of a tiled product whose B is input 1."""
     b = ctx.input(1)
-    sched = gemm.schedule(ctx.machine, DType.F32, math.prod(p.batch), p.m, p.n, p.k,
-                          ctx.const(1) is not None)
+    sched = gemm.schedule(ctx.machine, DType.F32, math.prod(p.batch), work_estimate(p.m), p.n,
+                          p.k, ctx.const(1) is not None)
     operand, pack = _b_operand(ctx, p, b, transposed, sched)
     body = _tiled(p, operand, ctx.output(), sched, finish)
     return ctx.kernel(body if pack is None else Block((pack, body)))
 
 
-def packed_product(ctx: LowerContext, a: Buffer, m: int, b: np.ndarray, name: str,
+def packed_product(ctx: LowerContext, a: Buffer, m: int | Expr, b: np.ndarray, name: str,
                    out: Buffer, finish: Finish) -> Stmt:
     """``out[i, j] = finish(sum_k a[i, k] * b[k, j])``, tiled like MatMul, for f32 buffers
     ``a`` (m x K) and ``out`` (m x N) addressed flat (row-major, contiguous) and a
     compile-time matrix ``b`` (K x N), packed into panels named after ``name``, which must
-    identify its content."""
+    identify its content; ``m`` may be known only at run time."""
     k, n = b.shape
-    sched = gemm.schedule(ctx.machine, DType.F32, 1, m, n, k, True)
+    sched = gemm.schedule(ctx.machine, DType.F32, 1, work_estimate(m), n, k, True)
     panels = ctx.derived_constant(f"{name}.panels{sched.cols}", _panels(b, sched.cols))
     product = _Product((), m, n, k, _Operand(a, k, 1, ()), (), lambda _, i, j: [i, j])
     return _tiled(product, _Operand(panels, k * sched.cols, sched.cols, ()), out, sched, finish)
 
 
 def _is_tiled(*buffers: Buffer) -> bool:
-    return all(x.dtype is DType.F32 and x.numel for x in buffers)
+    """f32 operands, none statically empty (a run-time extent may still be 0)."""
+    return all(x.dtype is DType.F32 and (not isinstance(x.numel, int) or x.numel)
+               for x in buffers)
+
+
+def _tileable(p: _Product) -> bool:
+    """Whether the tiled schedule takes ``p``: everything static but, with no batch, M."""
+    static = (*p.batch, p.n, p.k, p.a.line, p.a.step, *p.b_batch)
+    return all(isinstance(e, int) for e in static) and (isinstance(p.m, int) or not p.batch)
 
 
 def _matmul_product(a: Buffer, b: Buffer, out: Buffer) -> _Product:
@@ -293,26 +379,61 @@ def _matmul_product(a: Buffer, b: Buffer, out: Buffer) -> _Product:
 
         return index
 
-    if len(a.shape) > 1 and math.prod(b_batch) == 1 and math.prod(a_batch) == math.prod(
-            out_batch):
+    if len(a.shape) > 1 and product(b_batch) == 1 and _same_items(a_batch, out_batch):
         # one B matrix: the batched A is one tall matrix (a plain GEMM with more row tiles)
-        return _Product((), math.prod(out_batch) * m, n, k, _Operand(a, k, 1, ()), b_batch,
-                        indexer(out_batch))
+        return _Product((), extent_mul(product(out_batch), m), n, k,  # type: ignore[arg-type]
+                        _Operand(a, k, 1, ()), b_batch, indexer(out_batch))  # type: ignore[arg-type]
+    if not all(isinstance(e, int) for e in (*out_batch, m, k)):
+        return _Product(out_batch, m, n, k, _Operand(a, k, 1, ()), b_batch,  # type: ignore[arg-type]
+                        indexer(()))  # the loop nests' (not _tileable)
     return _Product(out_batch, m, n, k, _Operand(a, k, 1, _strides(a_batch, out_batch, m * k)),
                     b_batch, indexer(()))
+
+
+def _same_items(a_batch: Sequence[Extent], out_batch: Sequence[Extent]) -> bool:
+    """Whether A's batch axes hold every output batch item once (B has one matrix)."""
+    a_items, out_items = product(a_batch), product(out_batch)
+    if isinstance(a_items, int) and isinstance(out_items, int):
+        return a_items == out_items
+    extra = len(out_batch) - len(a_batch)
+    return (extra >= 0 and all(isinstance(e, int) and e == 1 for e in out_batch[:extra])
+            and all(same_extent(x, y) for x, y in zip(a_batch, out_batch[extra:], strict=True)))
+
+
+def _extent_pairs(a: Buffer, b: Buffer, out: Buffer) -> list[tuple[Extent, list[Extent]]]:
+    """Each output extent of a MatMul with the operand extents it comes from."""
+    has_rows, has_cols = len(a.shape) > 1, len(b.shape) > 1
+    batch_rank = len(out.shape) - has_rows - has_cols
+    pairs: list[tuple[Extent, list[Extent]]] = []
+    for axis in range(batch_rank):
+        offset = batch_rank - axis
+        pairs.append((out.shape[axis], [x.shape[-2 - offset] for x in (a, b)
+                                        if len(x.shape) - 2 >= offset]))
+    if has_rows:
+        pairs.append((out.shape[batch_rank], [a.shape[-2]]))
+    if has_cols:
+        pairs.append((out.shape[-1], [b.shape[-1]]))
+    return pairs
 
 
 @lowering(Op.MATMUL)
 def lower_matmul(ctx: LowerContext) -> list[Kernel]:
     a, b, out = ctx.input(0), ctx.input(1), ctx.output()
+    shape = define_extents(ctx, _extent_pairs(a, b, out))
     if _is_tiled(a, b, out):
-        return [_tiled_kernel(ctx, _matmul_product(a, b, out), False, lambda value, _: value)]
+        p = _matmul_product(a, b, out)
+        if _tileable(p):
+            return [*shape, _tiled_kernel(ctx, p, False, lambda value, _: value)]
     work = work_dtype(a.dtype)
+    if (not out.is_static and work is out.dtype and a.dtype == b.dtype == out.dtype
+            and len(a.shape) > 1 and len(b.shape) > 1):
+        return [*shape, ctx.kernel(_row_nest(a, b, out, ctx.node.describe()))]
 
     def term(x: Expr, y: Expr, *_: Expr | None) -> Expr:
         return x.cast(work) * y.cast(work)
 
-    return [ctx.kernel(matmul_nest(a, b, out, work, term, lambda acc, *_: acc))]
+    return [*shape, ctx.kernel(matmul_nest(a, b, out, work, term, lambda acc, *_: acc,
+                                   ctx.node.describe()))]
 
 
 @lowering(Op.GEMM)
@@ -324,8 +445,10 @@ def lower_gemm(ctx: LowerContext) -> list[Kernel]:
     work = work_dtype(a.dtype)
     # Integer Gemm with fractional alpha/beta scales in f64 (numpy promotes the same way).
     scaled = DType.F64 if not work.is_float and (alpha != 1.0 or beta != 1.0) else work
-    m, n = out.shape
-    k_extent = a.shape[0] if trans_a else a.shape[1]
+    # the extents of the operands (the output's may be fresh ones, defined from them)
+    m, k_extent = (a.shape[1], a.shape[0]) if trans_a else a.shape
+    n = b.shape[0] if trans_b else b.shape[1]
+    shape = define_extents(ctx, [(out.shape[0], [m]), (out.shape[1], [n])])
 
     def scale(value: Expr, index: list[Expr]) -> Expr:
         """alpha * value + beta * C (as the reference computes it, C read with broadcasting)."""
@@ -333,13 +456,14 @@ def lower_gemm(ctx: LowerContext) -> list[Kernel]:
             value = value * alpha
         if c is None:
             return value
-        bias = c.load(*broadcast_index(index, c)).cast(value.dtype)
+        bias = c.load(*broadcast_index(index, c, out.shape)).cast(value.dtype)
         return value + (bias if beta == 1.0 else bias * beta)
 
     if _is_tiled(a, b, out, *([] if c is None else [c])):
         a_op = _Operand(a, 1, m, ()) if trans_a else _Operand(a, k_extent, 1, ())
-        product = _Product((), m, n, k_extent, a_op, (), lambda _, i, j: [i, j])
-        return [_tiled_kernel(ctx, product, trans_b, scale)]
+        p = _Product((), m, n, k_extent, a_op, (), lambda _, i, j: [i, j])  # type: ignore[arg-type]
+        if _tileable(p):
+            return [*shape, _tiled_kernel(ctx, p, trans_b, scale)]
 
     def body(v: list[Expr]) -> Stmt:
         i, j = v
@@ -354,7 +478,8 @@ def lower_gemm(ctx: LowerContext) -> list[Kernel]:
         return block(Declare(acc, const(0, work)), nest([k_extent], step, "k"),
                      out.store([i, j], scale(acc.cast(scaled), [i, j]).cast(out.dtype)))
 
-    return [ctx.kernel(nest([m, n], body, "o", work=m * n * k_extent))]
+    loops = nest([m, n], body, "o", work=extent_mul(extent_mul(m, n), k_extent))
+    return [*shape, ctx.kernel(broadcast_checks(out.shape, [c], loops, ctx.node.describe()))]
 
 
 def _by_axis(buffer: Buffer | None, primary: Expr | None, fallback: Expr) -> Expr | None:
@@ -391,6 +516,7 @@ def _tiled_integer(ctx: LowerContext, b_at: int, a_zero_at: int, b_zero_at: int,
     a_zero, b_zero = (ctx.input(i) if ctx.has_input(i) else None for i in (a_zero_at, b_zero_at))
     weights, a_zeros, b_zeros = (ctx.const(i) for i in (b_at, a_zero_at, b_zero_at))
     if (len(a.shape) < 2 or len(b.shape) != 2 or a.dtype.itemsize != 1 or weights is None
+            or not isinstance(a.shape[-1], int)
             or (b_zero is not None and b_zeros is None)
             or (a_zero is not None and a_zero.numel != 1)):
         return None
@@ -404,7 +530,7 @@ def _tiled_integer(ctx: LowerContext, b_at: int, a_zero_at: int, b_zero_at: int,
     if ranges is None:
         return None
     k, n = weights.shape
-    rows = a.numel // k
+    rows = product(a.shape[:-1])
     zero = None if a_zero is None else scalar(a_zero)
     loops: list[Stmt] = []
     sums: list[Buffer] = []
@@ -426,7 +552,7 @@ def _quad_integer(ctx: LowerContext, weights: np.ndarray, a_zero_at: int,
     sum - (a_zero + offset) * the weights' column sums, folded at compile time."""
     a, out = ctx.input(0), ctx.output()
     k, n = weights.shape
-    rows, quads = a.numel // k, -(-k // 4)
+    rows, quads = product(a.shape[:-1]), -(-k // 4)
     cols = quant_tiled.quad_columns(ctx)
     digest = hashlib.sha1(weights.tobytes()).hexdigest()[:12]
     panels = ctx.derived_constant(f"quads{cols}.{k}x{n}.{digest}",
@@ -463,12 +589,14 @@ def _quad_integer(ctx: LowerContext, weights: np.ndarray, a_zero_at: int,
 @lowering(Op.MATMUL_INTEGER)
 def lower_matmul_integer(ctx: LowerContext) -> list[Kernel]:
     a, b, out = ctx.input(0), ctx.input(1), ctx.output()
+    shape = define_extents(ctx, _extent_pairs(a, b, out))
     tiled = _tiled_integer(ctx, 1, 2, 3, lambda total, *_: total)
     if tiled is not None:
-        return [tiled]
+        return [*shape, tiled]
     zeros = [ctx.input(i) if ctx.has_input(i) else None for i in (2, 3)]
     term = _integer_term(*zeros)
-    return [ctx.kernel(matmul_nest(a, b, out, DType.I32, term, lambda acc, *_: acc))]
+    return [*shape, ctx.kernel(matmul_nest(a, b, out, DType.I32, term, lambda acc, *_: acc,
+                                           ctx.node.describe()))]
 
 
 @lowering(Op.QLINEAR_MATMUL)
@@ -486,16 +614,18 @@ def lower_qlinear_matmul(ctx: LowerContext) -> list[Kernel]:
         multiplier = sa.cast(f32) * sb.cast(f32) / scalar(y_scale).cast(f32)
         return requantize(total.cast(f32) * multiplier, scalar(y_zero), out.dtype)
 
+    shape = define_extents(ctx, _extent_pairs(a, b, out))
     if a_scale.numel == 1:
         tiled = _tiled_integer(ctx, 3, 2, 5, lambda total, _, j: requantized(total, None, j))
         if tiled is not None:
-            return [tiled]
+            return [*shape, tiled]
 
     def finish(acc: Expr, _v: list[Expr], i: Expr | None, j: Expr | None) -> Expr:
         return requantized(acc, i, j)
 
     term = _integer_term(a_zero, b_zero)
-    return [ctx.kernel(matmul_nest(a, b, out, DType.I32, term, finish))]
+    return [*shape, ctx.kernel(matmul_nest(a, b, out, DType.I32, term, finish,
+                                           ctx.node.describe()))]
 
 
 def _einsum_terms(equation: str, ranks: list[int]) -> tuple[list[list[str]], list[str]]:
@@ -525,37 +655,73 @@ def _einsum_terms(equation: str, ranks: list[int]) -> tuple[list[list[str]], lis
     return labels, output
 
 
+def _label_extent(extents: Sequence[Extent]) -> Extent:
+    """The extent of an Einsum label from its operands' extents: the largest static one (as
+    numpy broadcasts), else a run-time one (the others are checked against it)."""
+    if all(isinstance(e, int) for e in extents):
+        return max([1, *extents])  # type: ignore[list-item]
+    static = [e for e in extents if isinstance(e, int) and e != 1]
+    return static[0] if static else next(e for e in extents if not isinstance(e, int))
+
+
 @lowering(Op.EINSUM)
 def lower_einsum(ctx: LowerContext) -> list[Kernel]:
-    """A loop nest over every label: the output's outside, the contracted ones inside."""
+    """A loop nest over every label: the output's outside, the contracted ones inside. A
+    run-time operand extent that is not its label's reads index 0 when it is 1 and must
+    otherwise equal the label's (else a Report)."""
     operands = [ctx.input(i) for i in range(len(ctx.inputs))]
     out = ctx.output()
     labels, output = _einsum_terms(ctx.attr("equation"), [len(o.shape) for o in operands])
-    sizes: dict[str, int] = {}
+    found: dict[str, list[Extent]] = {}
     for operand, term in zip(operands, labels, strict=True):
         for label, extent in zip(term, operand.shape, strict=True):
-            sizes[label] = max(sizes.get(label, 1), extent)
+            found.setdefault(label, []).append(extent)
+    sizes = {label: _label_extent(extents) for label, extents in found.items()}
+    for label, extent in zip(output, out.shape, strict=True):
+        if not isinstance(extent, int):  # the output's extent (the type rule's, or defined)
+            sizes[label] = extent
     contracted = [label for label in sizes if label not in output]
     work = work_dtype(operands[0].dtype)
+    checks: list[Expr] = []
+
+    def index_of(label: str, extent: Extent, where: dict[str, Expr]) -> Expr:
+        size = sizes[label]
+        if isinstance(extent, int):
+            if not isinstance(size, int) and extent > 1:
+                checks.append(size.eq(extent))
+            return where[label] if extent > 1 else idx(0)
+        if same_extent(extent, size):
+            return where[label]
+        checks.append(Binary("or", extent.eq(1), extent.eq(as_index(size))))
+        return select(extent.eq(1), 0, where[label])
 
     def body(v: list[Expr]) -> Stmt:
         acc = Var("acc", work)
 
         def step(rv: list[Expr]) -> Stmt:
             where = dict(zip(output + contracted, v + rv, strict=True))
-            product: Expr | None = None
+            total: Expr | None = None
             for operand, term in zip(operands, labels, strict=True):
-                index = [where[label] if extent > 1 else idx(0)
+                index = [index_of(label, extent, where)
                          for label, extent in zip(term, operand.shape, strict=True)]
                 value = operand.load(*index).cast(work)
-                product = value if product is None else product * value
-            assert product is not None
-            return add_to(acc, product)
+                total = value if total is None else total * value
+            assert total is not None
+            return add_to(acc, total)
 
         return block(Declare(acc, const(0, work)),
                      nest([sizes[label] for label in contracted], step, "r"),
                      out.store(v, acc.cast(out.dtype)))
 
-    reduction = math.prod(sizes[label] for label in contracted)
-    return [ctx.kernel(nest([sizes[label] for label in output], body, "o",
-                            work=out.numel * reduction))]
+    reduction = product([sizes[label] for label in contracted])
+    loops = nest([sizes[label] for label in output], body, "o",
+                 work=extent_mul(out.numel, reduction))
+    shape = define_extents(ctx, [(extent, found[label])
+                                 for extent, label in zip(out.shape, output, strict=True)])
+    if checks:
+        every = checks[0]
+        for check in checks[1:]:
+            every = Binary("and", every, check)
+        loops = If(every, loops, Report(f"{ctx.node.describe()}: the operands' run-time "
+                                        "extents of one label differ (and are not 1)"))
+    return [*shape, ctx.kernel(loops)]

@@ -19,7 +19,10 @@ from ..kernel_ir import (
     Stmt,
     Unary,
     Var,
+    as_index,
     block,
+    define_dim,
+    extent_mul,
     select,
 )
 from ..registry import LowerContext, lowering
@@ -101,6 +104,7 @@ def _nll(
 ) -> Stmt:
     """NegativeLogLikelihoodLoss over ``log_prob`` [N, C, ...] computed in ``dtype``."""
     classes = log_prob.shape[1]
+    bound = classes if isinstance(classes, int) else "the class count"
     ignore = ctx.attr("ignore_index")
     reduction = ctx.attr("reduction")
     total, weights = Var("total", dtype), Var("weights", dtype)
@@ -117,7 +121,7 @@ def _nll(
             Declare(label, target.load(*i).cast(DType.I64)),
             Declare(safe, safe_value),
             If(Binary("or", safe < 0, safe >= classes),
-               Report(f"{ctx.op.value}: target holds a class outside [0, {classes})"),
+               Report(f"{ctx.op.value}: target holds a class outside [0, {bound})"),
                block(Declare(w, weight_value), emit(-picked * w, w))),
         )
 
@@ -189,15 +193,26 @@ def lower_softmax_cross_entropy(ctx: LowerContext) -> list[Kernel]:
 
 @lowering(Op.AFFINE_GRID)
 def lower_affine_grid(ctx: LowerContext) -> list[Kernel]:
+    """The grid of normalized pixel coordinates mapped by each theta. A size input known only
+    at run time first goes through a shape kernel that defines the spatial extents (and Reports
+    a size whose N is not theta's or whose extents are negative)."""
     theta, out = ctx.input(0), ctx.output()
     acc = acc_dtype(theta.dtype)
     align = bool(ctx.attr("align_corners"))
     spatial = list(out.shape[1:-1])
     rank = len(spatial)
+    kernels = _affine_grid_shape(ctx) if ctx.undefined_dims else []
 
-    def base(position: Expr, size: int) -> Expr:
+    def base(position: Expr, size: int | Expr) -> Expr:
         """Normalized coordinate of pixel ``position`` along an axis of ``size`` (f64)."""
         f64 = DType.F64
+        if isinstance(size, Expr):
+            extent = size.cast(f64)
+            if align:
+                return select(size.eq(1), const(0.0, f64),
+                              position.cast(f64) * Binary("div", const(2.0, f64), extent - 1.0)
+                              - 1.0)
+            return (position.cast(f64) * 2.0 + 1.0) / extent - 1.0
         if align:
             if size == 1:
                 return const(0.0, f64)
@@ -215,4 +230,23 @@ def lower_affine_grid(ctx: LowerContext) -> list[Kernel]:
             total = total + term
         return out.store(v, (total + value).cast(out.dtype))
 
-    return [ctx.kernel(nest(list(out.shape), body, "o", work=out.numel * (rank + 1)))]
+    work = extent_mul(out.numel, rank + 1)
+    return [*kernels, ctx.kernel(nest(list(out.shape), body, "o", work=work), inputs=[theta])]
+
+
+def _affine_grid_shape(ctx: LowerContext) -> list[Kernel]:
+    """The shape kernel of an AffineGrid whose size input is a run-time value."""
+    theta, size, out = ctx.input(0), ctx.input(1), ctx.output()
+    what = ctx.node.describe()
+    stmts: list[Stmt] = [If(size.load(0).ne(as_index(theta.shape[0])), Report(
+        f"{what}: size[0] (N) differs from theta's batch extent"))]
+    undefined = {id(d) for d in ctx.undefined_dims}
+    for axis, extent in enumerate(out.shape[1:-1]):
+        given = size.load(axis + 2)
+        stmts.append(If(given < 0, Report(f"{what}: size holds a negative extent")))
+        if id(extent) in undefined:
+            stmts.append(define_dim(extent, Binary("max", given, idx(0))))
+        else:
+            stmts.append(If(given.ne(as_index(extent)), Report(
+                f"{what}: size gives a spatial extent other than the declared one")))
+    return [ctx.kernel(block(stmts), inputs=[size], outputs=[])]

@@ -9,16 +9,15 @@ writes the outputs.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ...ir.op import Op
 from ...ir.shapes import normalize_axes, normalize_axis
 from ...ir.types import DType
-from ..kernel_ir import Binary, Buffer, Declare, Expr, Kernel, Stmt, Var, block
+from ..kernel_ir import Binary, Buffer, Declare, Expr, Kernel, Stmt, Var, block, extent_mul
 from ..registry import LowerContext, lowering
-from .common import broadcast_index, const, idx
+from .common import Extent, broadcast_index, const, idx, product
 from .elementwise_scalar import add
 from .nn_common import acc_dtype, add_to, all_of, guarded, nest, sqrt
 from .rows import fold_lanes, row_loop, rows_of
@@ -31,16 +30,16 @@ class Grouping:
     """Normalized groups: kept extents (the parallel loop), reduced extents (each group's
     elements) and how kept and reduced indices make a full index of the tensor."""
 
-    kept: tuple[int, ...]
-    reduced: tuple[int, ...]
+    kept: tuple[Extent, ...]
+    reduced: tuple[Extent, ...]
     expand: Callable[[list[Expr], list[Expr]], list[Expr]]
 
     @property
-    def count(self) -> int:
-        return math.prod(self.reduced)
+    def count(self) -> Extent:
+        return product(self.reduced)
 
 
-def by_axes(shape: Sequence[int], reduced_axes: Sequence[int]) -> Grouping:
+def by_axes(shape: Sequence[Extent], reduced_axes: Sequence[int]) -> Grouping:
     """Groups over ``reduced_axes``, one per position of the other axes."""
     reduced = sorted(reduced_axes)
     kept = [a for a in range(len(shape)) if a not in reduced]
@@ -68,7 +67,7 @@ def grouped(ctx: LowerContext, grouping: Grouping,
             make: Callable[[list[Expr], Group], Stmt]) -> Stmt:
     """Loops over the groups (parallel blocks when the work is large); ``make(kept_vars,
     group)`` builds each group's statements."""
-    rows = rows_of(grouping.kept, 4 * math.prod(grouping.kept) * grouping.count)
+    rows = rows_of(grouping.kept, extent_mul(4, product([*grouping.kept, *grouping.reduced])))
 
     def body(kv: list[Expr], slot: Expr) -> Stmt:
         def fold(hint: str, init: Expr, term: Callable[[list[Expr]], Expr]
@@ -85,7 +84,7 @@ def grouped(ctx: LowerContext, grouping: Grouping,
 
 
 
-def moments(group: Group, load: Callable[[list[Expr]], Expr], count: int, dtype: DType
+def moments(group: Group, load: Callable[[list[Expr]], Expr], count: Extent, dtype: DType
             ) -> tuple[list[Stmt], Var, Var]:
     """Statements declaring ``mean`` and the centred (population) ``var`` of ``load``: two
     passes, as the reference computes them."""
@@ -98,14 +97,20 @@ def moments(group: Group, load: Callable[[list[Expr]], Expr], count: int, dtype:
         return centred * centred
 
     square_stmts, squares = group.fold("squares", zero, square)
-    return [*sum_stmts, Declare(mean, total / float(count)), *square_stmts,
-            Declare(var, squares / float(count))], mean, var
+    return [*sum_stmts, Declare(mean, total / real(count, dtype)), *square_stmts,
+            Declare(var, squares / real(count, dtype))], mean, var
+
+
+def real(count: Extent, dtype: DType) -> Expr:
+    """An element count as a float of ``dtype`` (a run-time count converted at run time)."""
+    return const(float(count), dtype) if isinstance(count, int) else count.cast(dtype)
 
 
 def _stats_store(buffer: Buffer | None, index: list[Expr], value: Expr) -> list[Stmt]:
     if buffer is None:
         return []
-    kept = [i if extent > 1 else idx(0) for i, extent in zip(index, buffer.shape, strict=True)]
+    kept = [idx(0) if isinstance(extent, int) and extent == 1 else i
+            for i, extent in zip(index, buffer.shape, strict=True)]
     return [buffer.store(kept, value.cast(buffer.dtype))]
 
 
@@ -118,7 +123,7 @@ def lower_batch_norm(ctx: LowerContext) -> list[Kernel]:
     training = bool(ctx.attr("training_mode"))
     momentum = float(ctx.attr("momentum"))
     running = [ctx.outputs[i] if len(ctx.outputs) > i else None for i in (1, 2)]
-    count = x.numel // x.shape[1]
+    count = product([n for a, n in enumerate(x.shape) if a != 1])
 
     def make(kv: list[Expr], group: Group) -> Stmt:
         c = kv[0]
@@ -231,7 +236,7 @@ def lower_rms_norm(ctx: LowerContext) -> list[Kernel]:
     axis = normalize_axis(int(ctx.attr("axis")), len(x.shape))
     stash = ctx.attr("stash_type")
     eps = float(ctx.attr("epsilon"))
-    count = math.prod(x.shape[axis:])
+    count = product(x.shape[axis:])
 
     def make(kv: list[Expr], group: Group) -> Stmt:
         root = Var("root", stash)
@@ -248,7 +253,7 @@ def lower_rms_norm(ctx: LowerContext) -> list[Kernel]:
             return out.store(i, normalized * scale.load(*broadcast_index(i, scale)))
 
         stmts, total = group.fold("squares", const(0, stash), square)
-        return block(stmts, Declare(root, sqrt(total / float(count) + eps)),
+        return block(stmts, Declare(root, sqrt(total / real(count, stash) + eps)),
                      group.each(write, "w"))
 
     return [ctx.kernel(grouped(ctx, by_axes(x.shape, range(axis, len(x.shape))), make))]
@@ -285,7 +290,7 @@ def lower_mvn(ctx: LowerContext) -> list[Kernel]:
     x, out = ctx.input(0), ctx.output()
     acc = acc_dtype(x.dtype)
     axes = normalize_axes(ctx.attr("axes"), len(x.shape))
-    count = math.prod(x.shape[a] for a in axes)
+    count = product([x.shape[a] for a in axes])
 
     def make(kv: list[Expr], group: Group) -> Stmt:
         mean, std = Var("mean", acc), Var("std", acc)
@@ -300,8 +305,8 @@ def lower_mvn(ctx: LowerContext) -> list[Kernel]:
         sum_stmts, total = group.fold("sum", const(0, acc), load)
         square_stmts, squares = group.fold("squares", const(0, acc), square)
         return block(
-            sum_stmts, square_stmts, Declare(mean, total / float(count)),
-            Declare(std, sqrt(squares / float(count) - mean * mean) + 1e-9),
+            sum_stmts, square_stmts, Declare(mean, total / real(count, acc)),
+            Declare(std, sqrt(squares / real(count, acc) - mean * mean) + 1e-9),
             group.each(lambda i: out.store(i, ((load(i) - mean) / std).cast(out.dtype)), "w"),
         )
 

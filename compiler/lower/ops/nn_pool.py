@@ -9,6 +9,7 @@ input along the last axis in a vectorized loop with the taps unrolled (``nn_pool
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -28,25 +29,37 @@ from ..kernel_ir import (
     Stmt,
     Unary,
     Var,
+    as_index,
     block,
+    define_dim,
+    extent_mul,
     select,
 )
 from ..registry import LowerContext, lowering
-from .common import const, idx
+from .common import const, idx, product
 from .elementwise_scalar import add, fmax
 from .nn_common import acc_dtype, add_to, all_of, lowest, nest, ravel, unravel
 from .nn_pool_interior import MAX_TAPS, Interior, interior_span, pool_interior
 from .nn_sample import roi_align_body
-from .nn_window import in_bounds, over_window
+from .nn_window import by_image, in_bounds, over_window, runtime_window
 from .rows import fold_lanes, rows_of
 
 TapBody = Callable[[list[Expr], list[Expr]], Stmt]
 PoolBody = Callable[[Expr, list[Expr], Callable[[TapBody], Stmt]], Stmt]
 
 
-def _pool_window(ctx: LowerContext, x: Buffer) -> Window:
+def _pool_window(ctx: LowerContext, x: Buffer) -> tuple[Window, list[Kernel]]:
+    """The pooling window, and (run-time spatial extents) the kernel defining the output's."""
     kernel = kernel_shape_of(ctx.attrs, None, len(x.shape) - 2, ctx.fail)
-    return resolve_window(ctx.attrs, x.shape[2:], kernel, ctx.fail, bool(ctx.attr("ceil_mode")))
+    ceil_mode = bool(ctx.attr("ceil_mode"))
+    if not _static_planes(x):
+        return runtime_window(ctx, x, kernel, ceil_mode)
+    return resolve_window(ctx.attrs, x.shape[2:], kernel, ctx.fail, ceil_mode), []
+
+
+def _static_planes(x: Buffer) -> bool:
+    """Whether ``x``'s spatial extents are static (else generic loops guard every tap)."""
+    return Buffer("", x.dtype, x.shape[2:]).is_static
 
 
 def _pooled(ctx: LowerContext, x: Buffer, make: PoolBody,
@@ -55,10 +68,10 @@ def _pooled(ctx: LowerContext, x: Buffer, make: PoolBody,
     where ``taps(inner)`` loops over the window's in-input taps. With ``interior``, the output
     positions along the last axis whose windows never leave the input along it are computed
     by ``interior`` (a vectorized loop, see ``pool_interior``), the border ones by ``make``."""
-    win = _pool_window(ctx, x)
+    win, shape = _pool_window(ctx, x)
     out = ctx.output()
     outs = list(out.shape[2:])
-    planes = x.shape[0] * x.shape[1]
+    planes = extent_mul(x.shape[0], x.shape[1])
 
     def body(v: list[Expr]) -> Stmt:
         def taps(inner: TapBody) -> Stmt:
@@ -66,10 +79,11 @@ def _pooled(ctx: LowerContext, x: Buffer, make: PoolBody,
 
         return make(v[0], v[1:], taps)
 
-    work = out.numel * math.prod(win.kernel)
-    span = None if interior is None else interior_span(win, x.shape[2:], outs)
+    work = extent_mul(out.numel, math.prod(win.kernel))
+    span = (None if interior is None or not _static_planes(x)
+            else interior_span(win, x.shape[2:], outs))
     if interior is None or span is None:
-        return [ctx.kernel(nest([planes, *outs], body, "o", work=work))]
+        return [*shape, ctx.kernel(nest([planes, *outs], body, "o", work=work))]
     low, high = span
 
     def row(v: list[Expr]) -> Stmt:
@@ -96,9 +110,10 @@ def _plane_store(out: Buffer, plane: Expr, o: list[Expr], value: Expr) -> Stmt:
 
 
 @lowering(Op.AVERAGE_POOL)
+@functools.partial(by_image, generic=True)
 def lower_average_pool(ctx: LowerContext) -> list[Kernel]:
     x, out = ctx.input(0), ctx.output()
-    win = _pool_window(ctx, x)
+    win = _pool_window(ctx, x)[0]
     acc_type = acc_dtype(x.dtype)
     include_pad = bool(ctx.attr("count_include_pad"))
     n = win.rank
@@ -141,6 +156,7 @@ def lower_average_pool(ctx: LowerContext) -> list[Kernel]:
 
 
 @lowering(Op.LP_POOL)
+@functools.partial(by_image, generic=True)
 def lower_lp_pool(ctx: LowerContext) -> list[Kernel]:
     x, out = ctx.input(0), ctx.output()
     acc_type = acc_dtype(x.dtype)
@@ -169,6 +185,7 @@ def improves(value: Expr, best: Expr) -> Expr:
 
 
 @lowering(Op.MAX_POOL)
+@functools.partial(by_image, index_output=1, generic=True)
 def lower_max_pool(ctx: LowerContext) -> list[Kernel]:
     x, out = ctx.input(0), ctx.output()
     indices = ctx.outputs[1] if len(ctx.outputs) > 1 else None
@@ -215,7 +232,7 @@ def lower_max_pool(ctx: LowerContext) -> list[Kernel]:
 
         return pool_interior(x, out, win, plane, rows, low, high, value, None)
 
-    win = _pool_window(ctx, x)
+    win = _pool_window(ctx, x)[0]
     fast = indices is None and math.prod(win.kernel) <= MAX_TAPS
     return _pooled(ctx, x, make, interior if fast else None)
 
@@ -244,6 +261,7 @@ def _global(ctx: LowerContext, init: Expr, combine: Callable[[Expr, Expr], Expr]
 
 
 @lowering(Op.GLOBAL_AVERAGE_POOL)
+@by_image
 def lower_global_average_pool(ctx: LowerContext) -> list[Kernel]:
     x = ctx.input(0)
     acc_type = acc_dtype(x.dtype)
@@ -252,12 +270,14 @@ def lower_global_average_pool(ctx: LowerContext) -> list[Kernel]:
 
 
 @lowering(Op.GLOBAL_MAX_POOL)
+@by_image
 def lower_global_max_pool(ctx: LowerContext) -> list[Kernel]:
     x = ctx.input(0)
     return _global(ctx, const(lowest(x.dtype), x.dtype), fmax, _same, _same, x.dtype)
 
 
 @lowering(Op.GLOBAL_LP_POOL)
+@by_image
 def lower_global_lp_pool(ctx: LowerContext) -> list[Kernel]:
     acc_type = acc_dtype(ctx.input(0).dtype)
     p = const(float(ctx.attr("p")), acc_type)
@@ -274,36 +294,61 @@ def _same(a: Expr) -> Expr:
 
 @lowering(Op.MAX_UNPOOL)
 def lower_max_unpool(ctx: LowerContext) -> list[Kernel]:
+    """Zero the output, then scatter X into it. A run-time output_shape (or batch) gives
+    output extents known only at run time: a first kernel defines them (from output_shape's
+    values, reporting negative ones; else the natural unpooled shape)."""
     x, where, out = ctx.input(0), ctx.input(1), ctx.output()
     n = len(x.shape) - 2
     kernel = [int(k) for k in ctx.attr("kernel_shape")]
     strides = ctx.attr("strides") or (1,) * n
     pads = ctx.attr("pads") or (0,) * (2 * n)
-    natural = list(x.shape[:2]) + [
+    natural: list[int | Expr] = list(x.shape[:2]) + [
         (size - 1) * s + k - pads[i] - pads[n + i]
         for i, (size, s, k) in enumerate(zip(x.shape[2:], strides, kernel, strict=True))
     ]
-    total = math.prod(natural)
+    total = product(natural)
+    kernels = _unpool_extents(ctx, natural, out)
     # Indices address the natural unpooled shape; a different output_shape crops or zero-pads
     # it at the end of each axis.
     zero = nest(list(out.shape), lambda v: out.store(v, const(0, out.dtype)), "z",
                 vectorize_inner=True)
+    where_text = (f" {natural}" if all(isinstance(e, int) for e in natural) else "")
 
     def scatter(v: list[Expr]) -> Stmt:
         target = Var("target")
         coords = unravel(target, natural)
         fits = all_of([c < e for c, e, full in zip(coords, out.shape, natural, strict=True)
-                       if e < full])
+                       if not (isinstance(e, int) and isinstance(full, int)) or e < full])
         store = out.store(coords, x.load(*v))
         return block(
             Declare(target, where.load(*v)),
             If(Binary("and", target >= 0, target < total),
                store if fits is None else If(fits, store),
-               Report(f"MaxUnpool: indices fall outside the unpooled shape {natural}")),
+               Report(f"MaxUnpool: indices fall outside the unpooled shape{where_text}")),
         )
 
     # Serial scatter: duplicate indices keep the last write, as numpy's assignment does.
-    return [ctx.kernel(block(zero, nest(list(x.shape), scatter, "s")))]
+    return [*kernels, ctx.kernel(block(zero, nest(list(x.shape), scatter, "s")))]
+
+
+def _unpool_extents(ctx: LowerContext, natural: list[int | Expr], out: Buffer) -> list[Kernel]:
+    """The kernel defining MaxUnpool's run-time output extents, if any."""
+    given = ctx.input(2) if ctx.has_input(2) else None
+    if given is not None and given.shape != (len(natural),):
+        raise ctx.fail(f"output_shape must be a static vector of {len(natural)} values, got "
+                       f"%{given.name} of shape {given.shape}")
+    stmts: list[Stmt] = []
+    for axis, extent in enumerate(out.shape):
+        if not (isinstance(extent, Expr) and any(extent is u for u in ctx.undefined_dims)):
+            continue
+        value: Expr = as_index(natural[axis])
+        if given is not None:
+            value = given.load(idx(axis)).cast(DType.I64)
+            stmts.append(If(value < 0, Report(
+                f"{ctx.node.describe()}: output_shape has a negative value on axis {axis}")))
+            value = Binary("max", value, idx(0))
+        stmts.append(define_dim(extent, value))
+    return [ctx.kernel(block(stmts), outputs=[], scratch=[])] if stmts else []
 
 
 def _round_half_away(v: Expr) -> Expr:

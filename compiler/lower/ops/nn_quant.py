@@ -9,7 +9,7 @@ from ...ir.types import DType
 from ..kernel_ir import Assign, Binary, Buffer, Declare, Expr, Kernel, Stmt, Unary, Var, block
 from ..kernel_ir import select as select_expr
 from ..registry import LowerContext, lowering
-from .common import const
+from .common import Extent, const
 from .nn_common import nest, requantize
 from .nn_conv import scalar
 
@@ -75,7 +75,9 @@ def lower_dynamic_quantize_linear(ctx: LowerContext) -> list[Kernel]:
     f32 = DType.F32
     low, high, scale = Var("low", f32), Var("high", f32), Var("scale", f32)
     flat = Buffer(x.name, x.dtype, (x.numel,))
-    rows, tail = divmod(x.numel, RANGE_LANES)
+    # (run-time rows and tail: loops of run-time length, either possibly empty)
+    rows: Extent = x.numel // RANGE_LANES
+    tail: Extent = x.numel % RANGE_LANES
     lanes = ctx.scratch("range", f32, (2, RANGE_LANES))
 
     def track(value: Expr) -> Stmt:
@@ -92,11 +94,11 @@ def lower_dynamic_quantize_linear(ctx: LowerContext) -> list[Kernel]:
 
     # The range always includes 0 (so the zero point is exact): every lane starts there.
     ranges: list[Stmt] = [Declare(low, const(0, f32)), Declare(high, const(0, f32))]
-    if rows:
+    if not isinstance(rows, int) or rows:
         ranges += [nest([2, RANGE_LANES], lambda v: lanes.store(v, const(0, f32)), "z"),
                    nest([rows, RANGE_LANES], lane_wise, "r", vectorize_inner=True),
                    nest([RANGE_LANES], fold, "f")]
-    if tail:
+    if not isinstance(tail, int) or tail:
         ranges.append(nest([tail], lambda v: track(flat.load(v[0] + rows * RANGE_LANES)), "t"))
     zp = Binary("min", Binary("max", Unary("round", -low / scale), const(0, f32)),
                 const(255, f32))

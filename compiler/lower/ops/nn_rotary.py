@@ -1,10 +1,24 @@
 """Lowering of RotaryEmbedding: each output element reads its rotation partner and the
-cos/sin entry of its position (through position_ids when given)."""
+cos/sin entry of its position (through position_ids when given). Batch, sequence and cache
+lengths may be known only at run time; head counts and sizes must be static."""
 
 from __future__ import annotations
 
 from ...ir.op import Op
-from ..kernel_ir import Binary, Buffer, Declare, Expr, If, Kernel, Report, Stmt, Var, block, select
+from ..kernel_ir import (
+    Binary,
+    Buffer,
+    Declare,
+    Expr,
+    If,
+    Kernel,
+    Report,
+    Stmt,
+    Var,
+    block,
+    extent_mul,
+    select,
+)
 from ..registry import LowerContext, lowering
 from .nn_common import nest
 
@@ -14,6 +28,9 @@ def lower_rotary_embedding(ctx: LowerContext) -> list[Kernel]:
     x, cos, sin, out = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output()
     positions = ctx.input(3) if ctx.has_input(3) else None
     packed = len(x.shape) == 3
+    ctx.require_static(Buffer(x.name, x.dtype, x.shape[-1:] if packed else x.shape[1::2]),
+                       Buffer(cos.name, cos.dtype, cos.shape[-1:]),
+                       Buffer(sin.name, sin.dtype, sin.shape[-1:]))
     if packed:
         heads = int(ctx.attr("num_heads"))
         batch, steps, hidden = x.shape
@@ -50,9 +67,11 @@ def lower_rotary_embedding(ctx: LowerContext) -> list[Kernel]:
         if positions is None:
             return store
         limit = cos.shape[0]
+        size = f" of {limit}" if isinstance(limit, int) else ""
         return block(
             Declare(pos, positions.load(b, s)),
             If(Binary("and", pos >= 0, pos < limit), store,
-               Report(f"RotaryEmbedding: a position id is outside the cache of {limit}")),
+               Report(f"RotaryEmbedding: a position id is outside the cache{size}")),
         )
-    return [ctx.kernel(nest([batch, steps, heads, head], body, "o", work=4 * x.numel))]
+    return [ctx.kernel(nest([batch, steps, heads, head], body, "o",
+                            work=extent_mul(4, x.numel)))]

@@ -48,10 +48,12 @@ from ..kernel_ir import (
     MatmulTile,
     Stmt,
     Var,
+    as_index,
     block,
+    extent_mul,
 )
 from ..registry import LowerContext
-from .common import PARALLEL_WORK, idx
+from .common import PARALLEL_WORK, idx, work_estimate
 from .nn_common import nest, unravel
 
 # Integers of magnitude below this are exact in f32.
@@ -103,12 +105,13 @@ def chunks(rows: np.ndarray, magnitude: int) -> list[tuple[int, int]] | None:
     return None
 
 
-def shifted_input(ctx: LowerContext, x: Buffer, zero: Expr | None, rows: int, start: int,
-                  length: int) -> tuple[Buffer, Stmt]:
+def shifted_input(ctx: LowerContext, x: Buffer, zero: Expr | None, rows: int | Expr,
+                  start: int, length: int) -> tuple[Buffer, Stmt]:
     """An f32 scratch [rows, length] holding x - zero point for elements [start, start +
-    length) of each of ``x``'s ``rows`` (row-major, equal rows), and the loop filling it."""
+    length) of each of ``x``'s ``rows`` (row-major, equal rows; a run-time row count means
+    rows of x's last axis), and the loop filling it."""
     shifted = ctx.scratch("shifted", DType.F32, (rows, length))
-    source = Buffer(x.name, x.dtype, (rows, x.numel // rows))
+    source = Buffer(x.name, x.dtype, (rows, _row_length(x, rows)))
 
     def body(v: list[Expr]) -> Stmt:
         value = source.load(v[0], v[1] + start).cast(DType.I32)
@@ -116,14 +119,21 @@ def shifted_input(ctx: LowerContext, x: Buffer, zero: Expr | None, rows: int, st
             value = value - zero.cast(DType.I32)
         return shifted.store(v, value.cast(DType.F32))
 
-    return shifted, nest([rows, length], body, "s", work=rows * length, vectorize_inner=True)
+    return shifted, nest([rows, length], body, "s", work=extent_mul(rows, length),
+                         vectorize_inner=True)
 
 
-def epilogue(sums: list[Buffer], out: Buffer, rows: int,
+def _row_length(x: Buffer, rows: int | Expr) -> int | Expr:
+    """Elements per row of ``x`` seen as ``rows`` equal rows (x's last axis when ``rows`` is
+    known only at run time)."""
+    return x.numel // rows if isinstance(rows, int) else x.shape[-1]
+
+
+def epilogue(sums: list[Buffer], out: Buffer, rows: int | Expr,
              store: Callable[[Expr, Expr, Expr], Expr]) -> Stmt:
     """out (flat, ``rows`` x n) = store(total, row, column), total the int32 sum of the
     exact f32 partial sums ``sums`` (each of out's extent); the column loop vectorized."""
-    n = out.numel // rows
+    n = _row_length(out, rows)
     flat_out = Buffer(out.name, out.dtype, (rows, n))
 
     def body(v: list[Expr]) -> Stmt:
@@ -134,7 +144,7 @@ def epilogue(sums: list[Buffer], out: Buffer, rows: int,
         assert total is not None
         return flat_out.store(v, store(total, v[0], v[1]))
 
-    return nest([rows, n], body, "q", work=4 * out.numel, vectorize_inner=True)
+    return nest([rows, n], body, "q", work=extent_mul(4, out.numel), vectorize_inner=True)
 
 
 # ---- u8 x s8 quad tiles (``MatmulTile``'s integer form: vpdpbusd where the target has it) ----
@@ -197,15 +207,22 @@ class QuadOperands:
     bases: Callable[[Expr], tuple[Expr, Expr]]
 
 
-def quad_product(ctx: LowerContext, ops: QuadOperands, items: int, m: int, n: int, quads: int,
-                 cols: int, store: Callable[[Expr, Expr, Expr], Expr], out: Buffer) -> Stmt:
+def quad_product(ctx: LowerContext, ops: QuadOperands, items: int, m: int | Expr, n: int,
+                 quads: int, cols: int, store: Callable[[Expr, Expr, Expr], Expr],
+                 out: Buffer) -> Stmt:
     """out (flat, items * m rows x n) = store(int32 sum, row, column): a parallel loop over
     tasks (item, column block, row tile), each running its tiles into an int32 scratch, then
-    storing its outputs (the column loop vectorized) while they are in cache."""
-    acc = ctx.scratch("acc", DType.I32, (items * m, n))
-    flat_out = Buffer(out.name, out.dtype, (items * m, n))
-    full_rows, row_tail = divmod(m, QUAD_ROWS)
-    row_tiles = full_rows + (row_tail > 0)
+    storing its outputs (the column loop vectorized) while they are in cache. A run-time
+    ``m`` (one item) runs full row tiles, then the last m % QUAD_ROWS rows as one-row tiles."""
+    acc = ctx.scratch("acc", DType.I32, (extent_mul(items, m), n))
+    flat_out = Buffer(out.name, out.dtype, (extent_mul(items, m), n))
+    row_tiles: int | Expr
+    if isinstance(m, int):
+        full_rows, row_tail = divmod(m, QUAD_ROWS)
+        row_tiles = full_rows + (row_tail > 0)
+    else:
+        assert items == 1, "a run-time row count has one item"
+        row_tiles = (m + (QUAD_ROWS - 1)) // QUAD_ROWS
     panels = -(-n // cols)
     per_block = max(1, min(panels, QUAD_BLOCK_BYTES // max(1, quads * 4 * cols)))
     col_blocks = -(-panels // per_block)
@@ -216,10 +233,14 @@ def quad_product(ctx: LowerContext, ops: QuadOperands, items: int, m: int, n: in
     row0 = rt * QUAD_ROWS
     first_row = item * m + row0
 
-    def tiles(rows: int) -> Stmt:
+    def tiles(rows: int, offset: Expr | None = None) -> Stmt:
+        """The tiles of ``rows`` rows from row0 (+ ``offset``)."""
+        start, a_row0 = (first_row, row0) if offset is None else (first_row + offset,
+                                                                  row0 + offset)
+
         def tile(panel: Expr, width: int) -> MatmulTile:
-            return MatmulTile(acc, first_row * n + panel * cols, n, ops.a,
-                              a_base + row0 * ops.a_row, ops.a_row, ops.b,
+            return MatmulTile(acc, start * n + panel * cols, n, ops.a,
+                              a_base + a_row0 * ops.a_row, ops.a_row, ops.b,
                               b_base + panel * ops.b_panel, rows, width,
                               (ContractAxis(quads, 4, ops.b_quad),))
 
@@ -235,9 +256,14 @@ def quad_product(ctx: LowerContext, ops: QuadOperands, items: int, m: int, n: in
             stmts.append(last if col_blocks == 1 else If(cb.eq(idx(col_blocks - 1)), last))
         return block(stmts)
 
-    if full_rows and row_tail:
-        compute: Stmt = If(rt < full_rows, tiles(QUAD_ROWS), tiles(row_tail))
-        rows_extent: Expr = Binary("min", idx(m) - row0, idx(QUAD_ROWS))
+    if not isinstance(m, int):
+        tail = Var("qtail")
+        compute: Stmt = If(rt < m // QUAD_ROWS, tiles(QUAD_ROWS),
+                           Loop(tail, m - row0, tiles(1, tail)))
+        rows_extent: Expr = Binary("min", m - row0, idx(QUAD_ROWS))
+    elif full_rows and row_tail:
+        compute = If(rt < full_rows, tiles(QUAD_ROWS), tiles(row_tail))
+        rows_extent = Binary("min", idx(m) - row0, idx(QUAD_ROWS))
     else:
         rows = QUAD_ROWS if full_rows else row_tail
         compute, rows_extent = tiles(rows), idx(rows)
@@ -249,8 +275,10 @@ def quad_product(ctx: LowerContext, ops: QuadOperands, items: int, m: int, n: in
     row, col = first_row + r, col0 + j
     finish = Loop(r, rows_extent, Loop(j, cols_extent, flat_out.store(
         [row, col], store(acc.load(row, col), row, col)), LoopKind.VECTORIZE))
-    kind = LoopKind.PARALLEL if items * m * n * quads * 4 > PARALLEL_WORK else LoopKind.SERIAL
-    return Loop(task, idx(items * col_blocks * row_tiles), Block((compute, finish)), kind)
+    work = items * work_estimate(m) * n * quads * 4
+    kind = LoopKind.PARALLEL if work > PARALLEL_WORK else LoopKind.SERIAL
+    count = extent_mul(items * col_blocks, row_tiles)
+    return Loop(task, as_index(count), Block((compute, finish)), kind)
 
 
 def quad_columns(ctx: LowerContext) -> int:

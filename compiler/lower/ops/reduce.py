@@ -10,6 +10,10 @@ kernels (compiler/reference/kernels/reduce.py): float16/bfloat16 accumulate in f
 once (Softmax/LogSoftmax round every step in the input's type, accumulating float16 sums in
 float32 and bfloat16 sums in bfloat16, as numpy does), integers in their own type (means in
 float64), and empty reductions give the ONNX identities.
+
+Run-time extents keep these schedules (run-time loops around the static row bodies); a Reduce*
+whose axes input is a run-time value gets a shape kernel and a generic fold
+(``_reduce_runtime_axes``).
 """
 
 from __future__ import annotations
@@ -20,21 +24,28 @@ from dataclasses import dataclass
 from ...ir.op import Op
 from ...ir.types import DType
 from ..kernel_ir import (
+    Assign,
+    Binary,
     Buffer,
-    Const,
     Declare,
     Expr,
+    If,
     Kernel,
     Loop,
     LoopKind,
+    Report,
     Stmt,
     Unary,
     Var,
+    as_index,
     block,
+    define_dim,
+    flat_view,
     select,
+    unravel,
 )
 from ..registry import LowerContext, lowering
-from .common import const, idx
+from .common import PARALLEL_WORK, Extent, const, idx, product, work_estimate
 from .elementwise_scalar import (
     add,
     divide,
@@ -46,6 +57,7 @@ from .elementwise_scalar import (
     is_finite,
     log,
     lowest,
+    negate,
     wide,
 )
 from .reduce_loops import Position, accumulate, along, normalized_axis, over_slices
@@ -61,14 +73,14 @@ class Fold:
     init: Callable[[DType], Expr]
     combine: Callable[[Expr, Expr], Expr]
     term: Callable[[Expr], Expr] = lambda x: x
-    final: Callable[[Expr, int], Expr] | None = None
+    final: Callable[[Expr, Extent], Expr] | None = None
     accumulator: Callable[[DType], DType] = wide
 
     def step(self, acc: Expr, x: Expr) -> Expr:
         return self.combine(acc, self.term(x))
 
 
-def _sqrt(acc: Expr, count: int) -> Expr:
+def _sqrt(acc: Expr, count: Extent) -> Expr:
     # Integer L2 norms are the float64 root of the integer sum, truncated at the store.
     return Unary("sqrt", acc if acc.dtype.is_float else acc.cast(DType.F64))
 
@@ -89,7 +101,8 @@ REDUCE: dict[Op, Fold] = {
     Op.REDUCE_L2: Fold(_zero, add, _square, _sqrt),
     Op.REDUCE_LOG_SUM: Fold(_zero, add, final=lambda acc, count: log(acc)),
     # The empty mean is 0/0 = NaN; integer means are float64 sums, truncated at the store.
-    Op.REDUCE_MEAN: Fold(_zero, add, final=lambda acc, count: divide(acc, count),
+    Op.REDUCE_MEAN: Fold(_zero, add, final=lambda acc, count: divide(
+        acc, count if isinstance(count, int) else count.cast(acc.dtype)),
                          accumulator=lambda dtype: wide(dtype) if dtype.is_float else DType.F64),
     Op.REDUCE_PROD: Fold(lambda dtype: const(1, dtype), lambda acc, x: acc * x),
     Op.REDUCE_MAX: Fold(lowest, fmax),
@@ -97,28 +110,31 @@ REDUCE: dict[Op, Fold] = {
 }
 
 
-def reduced_axes(ctx: LowerContext) -> tuple[int, ...]:
-    """The axes a Reduce* node reduces over, from its constant axes input.
+def reduced_axes(ctx: LowerContext) -> tuple[int, ...] | None:
+    """The axes a Reduce* node reduces over, from its constant axes input; None when they are
+    known only at run time (``_reduce_runtime_axes``).
 
-    A run-time axes input is accepted only where the static output shape settles the result:
-    an empty axes input, a rank-0 output (every axis reduced), or data whose every extent is 1
-    (reducing any subset of its axes gives the same values)."""
+    A run-time axes input whose values cannot matter is settled here: an empty axes input, a
+    rank-0 output (every axis reduced), or data whose every extent is 1 (reducing any subset of
+    its axes gives the same values)."""
     data, rank = ctx.input(0), len(ctx.input(0).shape)
     axes = ctx.const(1) if ctx.has_input(1) else None
-    if ctx.has_input(1) and axes is None and ctx.input(1).numel != 0:
+    if ctx.has_input(1) and axes is None and not (
+            isinstance(ctx.input(1).numel, int) and ctx.input(1).numel == 0):
         if (not ctx.attr("keepdims") and ctx.output().shape == ()) or all(
-                d == 1 for d in data.shape):
+                _unit(d) for d in data.shape):
             return tuple(range(rank))
-        raise ctx.fail(
-            "the axes input is not a compile-time constant; compiled code needs the reduced "
-            "axes at build time (make axes a constant or an initializer)"
-        )
+        return None
     if axes is None or axes.size == 0:
         return () if ctx.attr("noop_with_empty_axes") else tuple(range(rank))
     chosen = tuple(sorted({normalized_axis(ctx, int(a), rank) for a in axes.reshape(-1)}))
     if len(chosen) != axes.size:
         raise ctx.fail(f"repeated entries in axes {axes.reshape(-1).tolist()}")
     return chosen
+
+
+def _unit(extent: Extent) -> bool:
+    return isinstance(extent, int) and extent == 1
 
 
 def _output_index(position: Position, axes: Sequence[int], keepdims: bool) -> list[Expr | int]:
@@ -131,16 +147,18 @@ def _output_index(position: Position, axes: Sequence[int], keepdims: bool) -> li
 def lower_reduce(ctx: LowerContext) -> list[Kernel]:
     """Per output position: fold the reduced axes into an accumulator, store its final map."""
     data, out = ctx.input(0), ctx.output()
-    axes = reduced_axes(ctx)
+    found = reduced_axes(ctx)
+    if found is None:
+        return _reduce_runtime_axes(ctx)
+    axes = found
     keepdims = bool(ctx.attr("keepdims"))
-    count = 1
-    for axis in axes:
-        count *= data.shape[axis]
+    count = product([data.shape[a] for a in axes])
     last = len(data.shape) - 1
-    if data.shape and last not in axes and data.shape[-1] > 1 and (
+    if data.shape and last not in axes and not _unit(data.shape[-1]) and (
             ctx.op is not Op.REDUCE_LOG_SUM_EXP):
         return [ctx.kernel(_reduce_rows(ctx, REDUCE[ctx.op], axes, keepdims, count))]
-    if data.shape and last in axes and count > 0:
+    # a run-time count may be 0: the lane folds then leave the identity
+    if data.shape and last in axes and not (isinstance(count, int) and count == 0):
         return [ctx.kernel(_reduce_lanes(ctx, axes, keepdims, count))]
 
     def slice_body(position: Position) -> Stmt:
@@ -159,7 +177,93 @@ def lower_reduce(ctx: LowerContext) -> list[Kernel]:
     return [ctx.kernel(over_slices(data.shape, axes, slice_body))]
 
 
-def _reduce_lanes(ctx: LowerContext, axes: Sequence[int], keepdims: bool, count: int) -> Stmt:
+def _reduce_runtime_axes(ctx: LowerContext) -> list[Kernel]:
+    """A Reduce* whose axes are values known only at run time (generic, unvectorized code).
+
+    The shape kernel reads the axes into per-axis flags (scratch: 1 = reduced), Reporting an
+    entry out of range or repeated (an empty axes input reduces every axis, or none with
+    ``noop_with_empty_axes``), and defines the output extents: per axis 1 or the data's
+    (keepdims), or the extents of the kept axes in order. The compute kernel then folds, per
+    output element o (row-major over the kept extents K, flag ? 1 : extent), every element r
+    of the reduced extents R (flag ? extent : 1): data at unravel(o, K) + unravel(r, R)."""
+    data, axes, out = ctx.input(0), ctx.input(1), ctx.output()
+    rank, keepdims = len(data.shape), bool(ctx.attr("keepdims"))
+    what = ctx.node.describe()
+    flags = ctx.scratch("reduced", DType.I64, [max(rank, 1)])
+    k, a, seen = Var("k"), Var("axis"), Var("seen")
+    entry = axes.load(*([k] if axes.shape else [])).cast(DType.I64)
+    read: list[Stmt] = [Loop(k, as_index(rank), flags.store([k], 0)), Loop(
+        k, as_index(axes.numel), block(
+            Declare(a, select(entry < 0, entry + rank, entry)),
+            If(Binary("or", a < 0, a >= rank),
+               Report(f"{what}: an axes entry is out of range for rank {rank}"),
+               If(flags.load(a).eq(1), Report(f"{what}: the axes input repeats an axis"),
+                  flags.store([a], 1)))))]
+    if not ctx.attr("noop_with_empty_axes"):
+        read.append(If(as_index(axes.numel).eq(0),
+                       Loop(k, as_index(rank), flags.store([k], 1))))
+    undefined = {id(d) for d in ctx.undefined_dims}
+
+    def settle(out_extent: Extent, value: Expr) -> Stmt:
+        """Define an undefined output extent; check one the type rule gave."""
+        if id(out_extent) in undefined:
+            return define_dim(out_extent, value)  # type: ignore[arg-type]
+        return If(value.ne(as_index(out_extent)), Report(
+            f"{what}: the axes input gives an output shape other than the declared one"))
+
+    defines: list[Stmt] = [Declare(seen, idx(0))]
+    for axis, dim in enumerate(data.shape):
+        reduced, extent = flags.load(axis).eq(1), as_index(dim)
+        if keepdims:
+            defines.append(settle(out.shape[axis], select(reduced, 1, extent)))
+            continue
+        kept = [If(seen.eq(j), settle(d, extent)) for j, d in enumerate(out.shape)]
+        defines.append(If(negate(reduced), block(kept, Assign(seen, seen + 1))))
+    shape_kernel = ctx.kernel(block(read, defines), inputs=[axes], outputs=[], scratch=[flags])
+
+    o, r = Var("o"), Var("r")
+    kept_extents = [Var(f"kept{axis}") for axis in range(rank)]
+    reduced_extents = [Var(f"red{axis}") for axis in range(rank)]
+    extents: list[Stmt] = []
+    for axis, dim in enumerate(data.shape):
+        reduced, extent = flags.load(axis).eq(1), as_index(dim)
+        extents += [Declare(kept_extents[axis], select(reduced, 1, extent)),
+                    Declare(reduced_extents[axis], select(reduced, extent, 1))]
+    count = product(reduced_extents)
+    coords = [p + q for p, q in zip(unravel(o, kept_extents), unravel(r, reduced_extents),
+                                    strict=True)]
+
+    def fold(name: str, init: Expr, step: Callable[[Expr, Expr], Expr]) -> tuple[list[Stmt], Var]:
+        acc = Var(name, init.dtype)
+        x = data.load(*coords)
+        return [Declare(acc, init), Loop(r, as_index(count), Assign(acc, step(acc, x)))], acc
+
+    if ctx.op is Op.REDUCE_LOG_SUM_EXP:
+        acc_type = wide(data.dtype)
+        peak_stmts, peak = fold("peak", lowest(acc_type), lambda acc, x: fmax(acc, x.cast(
+            acc_type)))
+        shift = Var("shift", acc_type)
+        sum_stmts, total = fold("total", const(0, acc_type),
+                                lambda acc, x: acc + exp(x.cast(acc_type) - shift))
+        stmts = [*peak_stmts, Declare(shift, select(is_finite(peak), peak, 0)), *sum_stmts]
+        value: Expr = log(total) + shift
+    else:
+        spec = REDUCE[ctx.op]
+        acc_type = spec.accumulator(data.dtype)
+        stmts, acc = fold("acc", spec.init(acc_type),
+                          lambda acc, x: spec.step(acc, x.cast(acc_type)))
+        value = acc if spec.final is None else spec.final(acc, count)
+    element = block(stmts, flat_view(out).store([o], value.cast(out.dtype)))
+    kept_count = as_index(product(kept_extents))
+    # (a declared shape the axes contradict was reported: never write past the output)
+    kind = LoopKind.PARALLEL if work_estimate(data.numel) > PARALLEL_WORK else LoopKind.SERIAL
+    compute = block(extents, If(kept_count.eq(as_index(out.numel)),
+                                Loop(o, kept_count, element, kind)))
+    return [shape_kernel, ctx.kernel(compute, inputs=[data], scratch=[flags])]
+
+
+def _reduce_lanes(ctx: LowerContext, axes: Sequence[int], keepdims: bool, count: Extent
+                  ) -> Stmt:
     """A reduction over axes that include the contiguous last one: per output position (a row
     of the row loop), lane folds along the reduced axes (rows.py), vectorized."""
     data, out = ctx.input(0), ctx.output()
@@ -204,7 +308,7 @@ def _reduce_lanes(ctx: LowerContext, axes: Sequence[int], keepdims: bool, count:
 
 
 def _reduce_rows(ctx: LowerContext, fold: Fold, axes: Sequence[int], keepdims: bool,
-                 count: int) -> Stmt:
+                 count: Extent) -> Stmt:
     """A Reduce* that keeps the last axis: whole rows along it are accumulated at once, so the
     innermost loop is contiguous with independent positions (vectorized). The accumulator is
     the output itself unless the fold changes type or has a final map (then scratch)."""
@@ -221,7 +325,7 @@ def _reduce_rows(ctx: LowerContext, fold: Fold, axes: Sequence[int], keepdims: b
             p for p in row if p is not None]
 
     def row_loop(body: Stmt) -> Loop:
-        return Loop(j, Const(data.shape[last], DType.I64), body, LoopKind.VECTORIZE)
+        return Loop(j, as_index(data.shape[last]), body, LoopKind.VECTORIZE)
 
     def outer_body(position: Position) -> Stmt:
         row = [j if a == last else p for a, p in enumerate(position)]
@@ -240,7 +344,7 @@ def _reduce_rows(ctx: LowerContext, fold: Fold, axes: Sequence[int], keepdims: b
     return over_slices(data.shape, [*axes, last], outer_body)
 
 
-def _log_sum_exp(shape: Sequence[int], position: Position, data: Buffer
+def _log_sum_exp(shape: Sequence[Extent], position: Position, data: Buffer
                  ) -> tuple[list[Stmt], Expr]:
     """log(sum(exp(x - peak))) + peak, shifting only by a finite peak (an infinite one would
     give inf - inf)."""

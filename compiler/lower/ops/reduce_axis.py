@@ -4,7 +4,8 @@ LogSoftmax, LpNormalization, CumSum and CumProd (semantics: compiler/reference/k
 Each loops over the slices along the axis; per slice, serial passes fold the slice into scalar
 locals, and a last pass (vectorized where positions are independent) stores the results.
 Softmax / LogSoftmax along the (contiguous) last axis are row kernels instead (rows.py): their
-folds run on vector lanes and rows run in parallel blocks.
+folds run on vector lanes and rows run in parallel blocks. A CumSum/CumProd axis known only at
+run time picks among the loop nests of every axis at run time.
 """
 
 from __future__ import annotations
@@ -13,20 +14,24 @@ from ...ir.op import Op
 from ...ir.types import DType
 from ..kernel_ir import (
     Assign,
+    Binary,
     Buffer,
     Const,
     Declare,
     Expr,
+    If,
     Kernel,
     Loop,
+    Report,
     Stmt,
     Unary,
     Var,
+    as_index,
     block,
     select,
 )
 from ..registry import LowerContext, lowering
-from .common import const
+from .common import Extent, const
 from .elementwise_scalar import (
     add,
     both,
@@ -70,8 +75,17 @@ def arg_extreme(data: Buffer, position: Position, axis: int, largest: bool,
                    Assign(best, select(better, x, best)))
     stmts = [Declare(best, data.load(*at(position, axis, 0))),
              Declare(where, Const(0, DType.I64)),
-             Loop(k, Const(data.shape[axis] - 1, DType.I64), update)]
+             Loop(k, as_index(data.shape[axis] - 1), update)]
     return stmts, where
+
+
+def nonempty(ctx: LowerContext, extent: Extent, body: Stmt, report: bool) -> Stmt:
+    """``body`` guarded against a run-time ``extent`` of 0 along the axis (a static one was
+    handled already): with ``report``, a Report naming the node instead."""
+    if isinstance(extent, int):
+        return body
+    message = f"{ctx.node.describe()}: the axis is empty at run time (extent 0)"
+    return If(extent > 0, body, Report(message) if report else None)
 
 
 def _axis(ctx: LowerContext) -> int:
@@ -82,7 +96,7 @@ def _axis(ctx: LowerContext) -> int:
 def lower_arg_reduce(ctx: LowerContext) -> list[Kernel]:
     data, out = ctx.input(0), ctx.output()
     axis = _axis(ctx)
-    if data.shape[axis] == 0:
+    if isinstance(data.shape[axis], int) and data.shape[axis] == 0:
         raise ctx.fail(f"cannot take the {ctx.op.value} of an empty axis {axis}")
     keepdims = bool(ctx.attr("keepdims"))
 
@@ -92,7 +106,8 @@ def lower_arg_reduce(ctx: LowerContext) -> list[Kernel]:
         index = at(position, axis, 0) if keepdims else [p for p in position if p is not None]
         return block(stmts, out.store(index, where))
 
-    return [ctx.kernel(over_slices(data.shape, [axis], slice_body))]
+    nest = over_slices(data.shape, [axis], slice_body)
+    return [ctx.kernel(nonempty(ctx, data.shape[axis], nest, report=True))]
 
 
 @lowering(Op.HARDMAX)
@@ -100,7 +115,7 @@ def lower_hardmax(ctx: LowerContext) -> list[Kernel]:
     """1 at the first maximum of each slice along the axis, 0 elsewhere."""
     data, out = ctx.input(0), ctx.output()
     axis = _axis(ctx)
-    if data.shape[axis] == 0:
+    if isinstance(data.shape[axis], int) and data.shape[axis] == 0:
         return [ctx.kernel(block())]  # the output is empty
 
     def slice_body(position: Position) -> Stmt:
@@ -111,7 +126,8 @@ def lower_hardmax(ctx: LowerContext) -> list[Kernel]:
                      vectorize=True)
         return block(stmts, fill)
 
-    return [ctx.kernel(over_slices(data.shape, [axis], slice_body))]
+    nest = over_slices(data.shape, [axis], slice_body)
+    return [ctx.kernel(nonempty(ctx, data.shape[axis], nest, report=False))]
 
 
 @lowering(Op.SOFTMAX, Op.LOG_SOFTMAX)
@@ -239,13 +255,29 @@ def lower_lp_normalization(ctx: LowerContext) -> list[Kernel]:
 
 @lowering(Op.CUMSUM, Op.CUMPROD)
 def lower_scan(ctx: LowerContext) -> list[Kernel]:
-    """Running sum/product along the constant axis input (optionally exclusive, reversed)."""
-    data, out = ctx.input(0), ctx.output()
+    """Running sum/product along the axis input (optionally exclusive, reversed). A constant
+    axis gives one loop nest; an axis known only at run time selects, at run time, among the
+    nests of every axis (a Report when it is out of range)."""
+    data = ctx.input(0)
+    rank = len(data.shape)
     axis_value = ctx.const(1)
-    if axis_value is None:
-        raise ctx.fail("the axis input is not a compile-time constant; compiled code needs "
-                       "the scan axis at build time")
-    axis = normalized_axis(ctx, int(axis_value.reshape(-1)[0]), len(data.shape))
+    if axis_value is not None:
+        axis = normalized_axis(ctx, int(axis_value.reshape(-1)[0]), rank)
+        return [ctx.kernel(_scan_along(ctx, axis))]
+    given = Var("scan_axis")
+    axis_input = ctx.input(1)
+    chosen: Stmt = Report(f"{ctx.node.describe()}: the axis input is out of range for rank "
+                          f"{rank}")
+    for axis in reversed(range(rank)):
+        chosen = If(Binary("or", given.eq(axis), given.eq(axis - rank)), _scan_along(ctx, axis),
+                    chosen)
+    read = Declare(given, axis_input.load(*([0] * len(axis_input.shape))).cast(DType.I64))
+    return [ctx.kernel(block(read, chosen))]
+
+
+def _scan_along(ctx: LowerContext, axis: int) -> Stmt:
+    """The scan along ``axis``: a loop nest over the slices, a serial loop along each."""
+    data, out = ctx.input(0), ctx.output()
     acc_type = wide(data.dtype)
     extent = data.shape[axis]
     product = ctx.op is Op.CUMPROD
@@ -258,6 +290,6 @@ def lower_scan(ctx: LowerContext) -> list[Kernel]:
         store = out.store(at(position, axis, j), acc.cast(out.dtype))
         body = block(store, update) if ctx.attr("exclusive") else block(update, store)
         return block(Declare(acc, const(1 if product else 0, acc_type)),
-                     Loop(k, Const(extent, DType.I64), body))
+                     Loop(k, as_index(extent), body))
 
-    return [ctx.kernel(over_slices(data.shape, [axis], slice_body))]
+    return over_slices(data.shape, [axis], slice_body)

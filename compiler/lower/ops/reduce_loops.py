@@ -5,23 +5,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from ...ir.types import DType
-from ..kernel_ir import Assign, Const, Declare, Expr, Loop, LoopKind, Stmt, Var
+from ..kernel_ir import Assign, Declare, Expr, Loop, LoopKind, Stmt, Var, as_index
 from ..registry import LowerContext
+from .common import Extent, product
 from .elementwise_scalar import loop_over
 
 # The position of a slice in the data: an index per kept axis, None for the axes it spans.
 Position = Sequence[Expr | None]
 
 
-def over_slices(shape: Sequence[int], spanned: Sequence[int],
+def over_slices(shape: Sequence[Extent], spanned: Sequence[int],
                 make: Callable[[Position], Stmt]) -> Stmt:
     """A loop nest over every slice spanning the axes ``spanned`` of ``shape`` (parallel when
     the data is large); ``make`` builds the statements of one slice."""
     kept = [axis for axis in range(len(shape)) if axis not in spanned]
-    work = 1
-    for extent in shape:
-        work *= extent
+    work = product(shape)
 
     def body(index: list[Expr]) -> Stmt:
         position: list[Expr | None] = [None] * len(shape)
@@ -32,7 +30,7 @@ def over_slices(shape: Sequence[int], spanned: Sequence[int],
     return loop_over([shape[axis] for axis in kept], body, "o", work, vectorize=False)
 
 
-def along(name: str, shape: Sequence[int], position: Position,
+def along(name: str, shape: Sequence[Extent], position: Position,
           make: Callable[[list[Expr]], Stmt], vectorize: bool = False) -> Stmt:
     """Loops over the spanned axes of one slice; ``make`` gets the full data index. The
     innermost loop is VECTORIZE when ``vectorize`` (no dependence between positions)."""
@@ -42,11 +40,11 @@ def along(name: str, shape: Sequence[int], position: Position,
     body = make(index)
     for axis in reversed(spanned):
         kind = LoopKind.VECTORIZE if vectorize and axis == spanned[-1] else LoopKind.SERIAL
-        body = Loop(loop_vars[axis], Const(int(shape[axis]), DType.I64), body, kind)
+        body = Loop(loop_vars[axis], as_index(shape[axis]), body, kind)
     return body
 
 
-def accumulate(name: str, shape: Sequence[int], position: Position, init: Expr,
+def accumulate(name: str, shape: Sequence[Extent], position: Position, init: Expr,
                step: Callable[[Expr, list[Expr]], Expr]) -> tuple[list[Stmt], Var]:
     """Statements folding one slice into a local ``name`` (starting at ``init``, updated to
     ``step(acc, data index)`` at each position), and that local."""

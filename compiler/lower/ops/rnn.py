@@ -39,11 +39,13 @@ from ..kernel_ir import (
     Stmt,
     Unary,
     Var,
+    as_index,
     binary,
     block,
     select,
 )
 from ..registry import LowerContext, lowering
+from .common import Extent
 from .conv_tiled import vector_width
 from .rnn_engines import Recurrence, ScalarRecurrence, TiledRecurrence, flat_loop, tiles
 
@@ -148,7 +150,7 @@ def _lstm_cell(step: Step, stmts: list[Stmt], couple: bool) -> tuple[Expr, Expr 
     return o * step.activations[2](c_new), c_new
 
 
-def _check_lengths(ctx: LowerContext, steps: int, batch: int) -> Stmt | None:
+def _check_lengths(ctx: LowerContext, steps: Extent, batch: Extent) -> Stmt | None:
     """Report sequence lengths outside [0, steps] (uses clamp them, so nothing goes out of
     bounds)."""
     if not ctx.has_input(4):
@@ -157,8 +159,9 @@ def _check_lengths(ctx: LowerContext, steps: int, batch: int) -> Stmt | None:
     b = Var("len_b")
     value = lengths.load(b).cast(DType.I64)
     bad = select(value < 0, Const(True, DType.BOOL), value > steps)
-    return Loop(b, Const(batch, DType.I64), If(bad, Report(
-        f"{ctx.node.describe()}: sequence_lens has a value out of range [0, {steps}]")))
+    bound = steps if isinstance(steps, int) else "seq_length"
+    return Loop(b, as_index(batch), If(bad, Report(
+        f"{ctx.node.describe()}: sequence_lens has a value out of range [0, {bound}]")))
 
 
 def _sequences(rec: Recurrence, name: str, body: Callable[[Expr], Stmt]) -> Loop:
@@ -268,7 +271,7 @@ class _Direction:
                        rec.product(d, 1, self.reset_h, self.s)]
         phases.append(_sequences(rec, "cell_b", self.update))
         body = [_sequences(rec, f"init{d}_b", self.init),
-                Loop(self.s, Const(rec.steps, DType.I64), block(phases))]
+                Loop(self.s, as_index(rec.steps), block(phases))]
         finals = [(self.y_h, rec.h), (self.y_c, rec.c)]
         return body + [self.final(out, state) for out, state in finals
                        if out is not None and state is not None]

@@ -12,6 +12,9 @@ compute their two matrix products, and where a step's cell finds the gate terms.
 - ``ScalarRecurrence`` (any other case): scalar loops with the reduction innermost,
   ``XW[direction, step, batch, gates]`` with W's bias, the recurrent product with R's bias,
   skipping ended sequences.
+
+The sequence length and the batch may be known only at run time (run-time loop extents, the
+tiled products' rows: steps x batch and batch); the input and hidden sizes must be static.
 """
 
 from __future__ import annotations
@@ -34,15 +37,17 @@ from ..kernel_ir import (
     LoopKind,
     Stmt,
     Var,
+    as_index,
     binary,
     block,
+    extent_mul,
 )
 from ..registry import LowerContext
-from .common import PARALLEL_WORK
+from .common import PARALLEL_WORK, Extent, product, work_estimate
 from .nn_matmul import packed_product
 
 
-def unflatten(flat: Expr, extents: Sequence[int]) -> list[Expr]:
+def unflatten(flat: Expr, extents: Sequence[Extent]) -> list[Expr]:
     """Row-major indices of position ``flat`` in a nest of ``extents``."""
     indices: list[Expr] = []
     for axis in range(len(extents) - 1, -1, -1):
@@ -51,15 +56,14 @@ def unflatten(flat: Expr, extents: Sequence[int]) -> list[Expr]:
     return indices[::-1]
 
 
-def flat_loop(name: str, extents: Sequence[int], body: Callable[[list[Expr]], Stmt],
+def flat_loop(name: str, extents: Sequence[Extent], body: Callable[[list[Expr]], Stmt],
               work_per_item: int) -> Loop:
     """One loop over every position of ``extents`` (parallel when the work is large)."""
-    count = 1
-    for extent in extents:
-        count *= extent
+    count = product(extents)
     var = Var(name)
-    parallel = count > 1 and count * work_per_item > PARALLEL_WORK
-    return Loop(var, Const(count, DType.I64), body(unflatten(var, extents)),
+    parallel = (not isinstance(count, int) or count > 1) and (
+        work_estimate(count) * work_per_item > PARALLEL_WORK)
+    return Loop(var, as_index(count), body(unflatten(var, extents)),
                 LoopKind.PARALLEL if parallel else LoopKind.SERIAL)
 
 
@@ -82,6 +86,10 @@ class Recurrence:
 
     def __init__(self, ctx: LowerContext, segments: list[tuple[int, int]]) -> None:
         x, r = ctx.input(0), ctx.input(2)
+        ctx.require_static(r, ctx.input(1))
+        if not isinstance(x.shape[2], int):
+            raise ctx.fail("the input size (X's axis 2) is known only at run time; the lowering "
+                           f"of {ctx.op.value} needs it at compile time")
         self.ctx = ctx
         self.layout = int(ctx.attr("layout"))
         self.compute = DType.F64 if x.dtype is DType.F64 else DType.F32
@@ -113,7 +121,7 @@ class Recurrence:
     def length(self, b: Expr) -> Expr:
         """Sequence ``b``'s length, clamped to [0, steps]."""
         if not self.ctx.has_input(4):
-            return Const(self.steps, DType.I64)
+            return as_index(self.steps)
         value = self.ctx.input(4).load(b).cast(DType.I64)
         return binary("min", binary("max", value, 0), self.steps)
 
@@ -191,7 +199,8 @@ def tiles(ctx: LowerContext) -> bool:
     """Whether ``TiledRecurrence`` handles this node: f32, constant W and R, B constant or
     absent, nothing empty."""
     x, w, r = ctx.input(0), ctx.input(1), ctx.input(2)
-    return (x.dtype is DType.F32 and min(x.numel, w.numel, r.numel) > 0
+    return (x.dtype is DType.F32 and (not isinstance(x.numel, int) or x.numel > 0)
+            and min(w.numel, r.numel) > 0
             and ctx.const(1) is not None and ctx.const(2) is not None
             and (not ctx.has_input(3) or ctx.const(3) is not None))
 
@@ -204,7 +213,7 @@ class TiledRecurrence(Recurrence):
         super().__init__(ctx, segments)
         # the gate whose R bias stays out of the projection (GRU's h gate, linear_before_reset)
         self.r_bias_gate = 2 if lbr and ctx.has_input(3) else None
-        self.xw = ctx.scratch("xw", DType.F32, (self.steps * self.batch,
+        self.xw = ctx.scratch("xw", DType.F32, (extent_mul(self.steps, self.batch),
                                                 self.dirs * self.gated))
         self.gates = [ctx.scratch("gates", DType.F32, (self.batch, last - first))
                       for first, last in segments]
@@ -227,7 +236,8 @@ class TiledRecurrence(Recurrence):
             bias = ctx.derived_constant(f"{ctx.input(3).name}.rnn_bias{suffix}",
                                         folded.reshape(-1))
             finish = lambda value, index: value + bias.load(index[1])  # noqa: E731
-        body = packed_product(ctx, x, self.steps * self.batch, w_t, f"{w.name}.rnn_t",
+        body = packed_product(ctx, x, extent_mul(self.steps, self.batch), w_t,
+                              f"{w.name}.rnn_t",
                               self.xw, finish)
         return ctx.kernel(body, outputs=[], scratch=[self.xw])
 

@@ -16,18 +16,35 @@ propagates through the kernel IR's min / max).
 
 ``rows_of`` runs rows in parallel blocks; each block has its own scratch row (its ``slot``),
 so concurrent blocks never share partial sums and the scratch stays small however many rows.
+
+Run-time extents: a run-time number of rows (a batch) splits into at most MAX_BLOCKS parallel
+blocks at run time (the scratch has MAX_BLOCKS slots), each row keeping its static vectorized
+body; a row whose folded last axis is a run-time extent folds in order (no lanes), and its
+independent passes loop over the run-time extent (still VECTORIZE: LLVM handles the trip
+count).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ...machine import Machine
-from ..kernel_ir import Assign, Binary, Block, Declare, Expr, Loop, LoopKind, Stmt, Var, block
+from ..kernel_ir import (
+    Assign,
+    Binary,
+    Block,
+    Declare,
+    Expr,
+    Loop,
+    LoopKind,
+    Stmt,
+    Var,
+    as_index,
+    block,
+)
 from ..registry import LowerContext
-from .common import PARALLEL_WORK, idx
+from .common import PARALLEL_WORK, Extent, idx, product, work_estimate
 from .nn_common import unravel
 
 # Parallel blocks of rows at most: enough to balance any thread count, few scratch rows.
@@ -39,14 +56,14 @@ LONG_ROW_VECTORS = 16
 Combine = Callable[[Expr, Expr], Expr]
 
 
-def lane_count(machine: Machine, length: int) -> int:
+def lane_count(machine: Machine, length: Extent) -> int:
     """Partial accumulators for a fold along ``length`` contiguous elements: two vectors of
     f32 lanes for long rows, one for medium rows, none (1: an in-order fold) for rows shorter
     than two vectors, where the lanes' combine (a few operations per lane, see the module
     docstring) would cost about what it saves, and the in-order chains of independent rows
     overlap anyway."""
     vector = machine.f32_lanes
-    if vector <= 1 or length < 2 * vector:
+    if not isinstance(length, int) or vector <= 1 or length < 2 * vector:
         return 1
     return 2 * vector if length >= LONG_ROW_VECTORS * vector else vector
 
@@ -56,22 +73,33 @@ class Rows:
     """The rows of a tensor (the positions of ``kept``) in ``blocks`` blocks of ``size`` rows;
     blocks run in parallel when there is more than one. ``blocks`` is also the number of
     scratch slots: a row's ``slot`` (its block) differs from that of any row running at the
-    same time."""
+    same time. With a run-time number of rows and ``parallel``, the blocks are counted at run
+    time (at most MAX_BLOCKS, the slots)."""
 
-    kept: tuple[int, ...]
+    kept: tuple[Extent, ...]
     blocks: int
     size: int
+    parallel: bool = False
 
     @property
-    def count(self) -> int:
-        return math.prod(self.kept)
+    def count(self) -> Extent:
+        return product(self.kept)
 
     def loops(self, make: Callable[[list[Expr], Expr], Stmt], prefix: str = "row") -> Stmt:
         """The loops over every row; ``make(coords, slot)`` builds one row's statements."""
         rows = self.count
+        r = Var(f"{prefix}_r")
+        if not isinstance(rows, int):
+            if not self.parallel:
+                return Loop(r, rows, make(unravel(r, self.kept), idx(0)))
+            b = Var(f"{prefix}_b")
+            # ceil(rows / MAX_BLOCKS) rows per block; the last block may be short
+            size = Binary("max", (rows + (MAX_BLOCKS - 1)) // MAX_BLOCKS, idx(1))
+            inner = Loop(r, Binary("min", size, rows - b * size),
+                         make(unravel(b * size + r, self.kept), b))
+            return Loop(b, (rows + size - 1) // size, inner, LoopKind.PARALLEL)
         if rows == 0:
             return Block(())
-        r = Var(f"{prefix}_r")
         if self.blocks <= 1:
             body = make(unravel(r, self.kept), idx(0))
             return body if rows == 1 else Loop(r, idx(rows), body)
@@ -84,16 +112,19 @@ class Rows:
         return Loop(b, idx(self.blocks), inner, LoopKind.PARALLEL)
 
 
-def rows_of(kept: Sequence[int], work: int) -> Rows:
+def rows_of(kept: Sequence[Extent], work: Extent) -> Rows:
     """The rows of ``kept``, in parallel blocks when ``work`` (scalar operations of the whole
-    nest) is large."""
-    rows = math.prod(kept)
-    blocks = min(rows, MAX_BLOCKS) if work > PARALLEL_WORK else 1
+    nest, see ``work_estimate``) is large."""
+    rows = product(kept)
+    large = work_estimate(work) > PARALLEL_WORK
+    if not isinstance(rows, int):
+        return Rows(tuple(kept), MAX_BLOCKS if large else 1, 1, large)
+    blocks = min(rows, MAX_BLOCKS) if large else 1
     size = -(-rows // max(blocks, 1))
     return Rows(tuple(int(n) for n in kept), -(-rows // size) if rows else 1, max(size, 1))
 
 
-def fold_lanes(ctx: LowerContext, hint: str, rows: Rows, slot: Expr, extents: Sequence[int],
+def fold_lanes(ctx: LowerContext, hint: str, rows: Rows, slot: Expr, extents: Sequence[Extent],
                init: Expr, combine: Combine, term: Callable[[list[Expr]], Expr],
                also: Callable[[list[Expr], Expr], Stmt] | None = None
                ) -> tuple[list[Stmt], Expr]:
@@ -142,24 +173,31 @@ def fold_lanes(ctx: LowerContext, hint: str, rows: Rows, slot: Expr, extents: Se
     return [start, _nest(f"{hint}_o", list(extents[:-1]), along_row)], partials[0]
 
 
-def _nest(prefix: str, extents: Sequence[int], make: Callable[[list[Expr]], Stmt]) -> Stmt:
+def _nest(prefix: str, extents: Sequence[Extent], make: Callable[[list[Expr]], Stmt]) -> Stmt:
     """Serial loops over ``extents`` (unit axes bound to 0)."""
-    index: list[Expr] = [idx(0) if n == 1 else Var(f"{prefix}{a}") for a, n in enumerate(extents)]
+    index: list[Expr] = [idx(0) if _unit(n) else Var(f"{prefix}{a}")
+                         for a, n in enumerate(extents)]
     body = make(index)
     for var, n in reversed(list(zip(index, extents, strict=True))):
         if isinstance(var, Var):
-            body = Loop(var, idx(n), body)
+            body = Loop(var, as_index(n), body)
     return body
 
 
-def row_loop(prefix: str, extents: Sequence[int], make: Callable[[list[Expr]], Stmt]) -> Stmt:
+def row_loop(prefix: str, extents: Sequence[Extent], make: Callable[[list[Expr]], Stmt]
+             ) -> Stmt:
     """Loops over the row's axes with independent positions (the last one VECTORIZE)."""
-    index: list[Expr] = [idx(0) if n == 1 else Var(f"{prefix}{a}") for a, n in enumerate(extents)]
+    index: list[Expr] = [idx(0) if _unit(n) else Var(f"{prefix}{a}")
+                         for a, n in enumerate(extents)]
     body = make(index)
-    last = max((a for a, n in enumerate(extents) if n != 1), default=None)
+    last = max((a for a, n in enumerate(extents) if not _unit(n)), default=None)
     for axis in reversed(range(len(extents))):
         var = index[axis]
         if isinstance(var, Var):
             kind = LoopKind.VECTORIZE if axis == last else LoopKind.SERIAL
-            body = Loop(var, idx(extents[axis]), body, kind)
+            body = Loop(var, as_index(extents[axis]), body, kind)
     return body
+
+
+def _unit(extent: Extent) -> bool:
+    return isinstance(extent, int) and extent == 1

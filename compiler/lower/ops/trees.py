@@ -47,12 +47,14 @@ from ..kernel_ir import (
     Stmt,
     Unary,
     Var,
+    as_index,
     block,
     select,
 )
 from ..registry import LowerContext, lowering
 from ..schedules.conv import lanes_of
-from .common import PARALLEL_WORK, const, idx
+from .common import PARALLEL_WORK, const, idx, work_estimate
+from .nn_window import define_extents
 
 EQ = MODES.index("BRANCH_EQ")
 # Rows a block walks together: enough independent walks to hide load latency, few enough
@@ -319,15 +321,17 @@ def _many_rows(ctx: LowerContext, tables: _Tables, x: Buffer, y: Buffer) -> Stmt
     rows vectorized), then the leaves vote in tree order."""
     trees = tables.trees
     rows = x.shape[0]
-    size = min(BLOCK_ROWS, rows)
-    blocks = -(-rows // size)
-    work = rows * trees.n_trees * tables.depth
-    parallel = blocks > 1 and work > PARALLEL_WORK
+    # a run-time batch: blocks of BLOCK_ROWS, the last one partial
+    size = min(BLOCK_ROWS, rows) if isinstance(rows, int) else BLOCK_ROWS
+    blocks = -(-rows // size) if isinstance(rows, int) else (rows + (size - 1)) // size
+    work = work_estimate(rows) * trees.n_trees * tables.depth
+    parallel = (not isinstance(blocks, int) or blocks > 1) and work > PARALLEL_WORK
     state = ctx.scratch("walk", DType.I32, [blocks, size])
     has_buf = (ctx.scratch("voted", DType.I32, [blocks, size, trees.n_targets])
                if trees.aggregate in ("MIN", "MAX") else None)
     b, r, t, d, k = Var("blk"), Var("r"), Var("tree"), Var("depth"), Var("target")
-    count: Expr = idx(size) if rows % size == 0 else Binary("min", idx(size), rows - b * size)
+    count: Expr = (idx(size) if isinstance(rows, int) and rows % size == 0
+                   else Binary("min", idx(size), rows - b * size))
     row = b * size + r
     width = tables.lanes
 
@@ -355,19 +359,24 @@ def _many_rows(ctx: LowerContext, tables: _Tables, x: Buffer, y: Buffer) -> Stmt
     )
     body = block(init, Loop(t, idx(trees.n_trees), per_tree),
                  rows_loop(_finish(trees, y, row, has, "trees")))
-    return Loop(b, idx(blocks), body, LoopKind.PARALLEL if parallel else LoopKind.SERIAL)
+    return Loop(b, as_index(blocks), body, LoopKind.PARALLEL if parallel else LoopKind.SERIAL)
 
 
 @lowering(Op.TREE_ENSEMBLE)
 def _tree_ensemble(ctx: LowerContext) -> list[Kernel]:
     x, y = ctx.input(0), ctx.output(0)
     trees = _without_members(forest(ctx.attrs))
+    if not isinstance(x.shape[1], int):
+        raise ctx.fail("the number of features (X's axis 1) is known only at run time; the "
+                       "lowering of tree_ensemble needs it at compile time")
     if int(trees.features.max()) >= x.shape[1]:
         raise ctx.fail(f"a node reads feature {int(trees.features.max())} but X has "
                        f"{x.shape[1]}")
     tables = _Tables(ctx, trees, x.dtype)
     rows = x.shape[0]
-    if rows == 0:
+    if isinstance(rows, int) and rows == 0:
         return []
-    body = _one_row(ctx, tables, x, y) if rows == 1 else _many_rows(ctx, tables, x, y)
-    return [ctx.kernel(body)]
+    one = isinstance(rows, int) and rows == 1
+    body = _one_row(ctx, tables, x, y) if one else _many_rows(ctx, tables, x, y)
+    # Y's rows are X's (an unnamed batch axis may leave Y's extent to define)
+    return [*define_extents(ctx, [(y.shape[0], [rows])]), ctx.kernel(body)]
