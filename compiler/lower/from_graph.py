@@ -17,10 +17,11 @@ import numpy as np
 
 from ..errors import ExecutionError, KilnError
 from ..ir import symbolic
+from ..ir.builder import infer_types
 from ..ir.graph import Graph, Node, Value
 from ..ir.op import Op
 from ..ir.schema import op_def
-from ..ir.types import UNKNOWN, Dim, DType
+from ..ir.types import UNKNOWN, Dim, DType, TensorType
 from ..machine import DEFAULT_MACHINE, Machine
 from .inline import accesses, walk
 from .interpret import concrete_shape, run_kernel
@@ -100,10 +101,18 @@ class DimTable:
         self.input_checks: list[InputCheck] = []
         self._extents: dict[Dim, Expr] = {}
         self._unnamed: dict[tuple[str, int], str] = {}  # an input's UNKNOWN axis -> its symbol
+        # values with value-dependent extents, typed with their slots' symbols instead
+        self.named_types: dict[str, TensorType] = {}
 
     def new_slot(self, name: str) -> Expr:
         self.names.append(name)
         return dim(len(self.names) - 1)
+
+    def slot_symbol(self, slot: int) -> str:
+        """A symbol that stands for slot ``slot`` in types (``kiln_slotN``)."""
+        name = f"kiln_slot{slot}"
+        self.symbols.setdefault(name, slot)
+        return name
 
     def bind_inputs(self, inputs: Sequence[Value]) -> None:
         """Slots for the symbols of the graph inputs, read from the input shapes; checks for
@@ -150,14 +159,47 @@ class DimTable:
         """The buffer of ``value`` and the fresh slots of its value-dependent extents."""
         fresh: list[Expr] = []
         shape: list[int | Expr] = []
+        named: list[Dim] = []
         for axis, extent in enumerate(value.type.shape):
             extent = self._unnamed.get((value.name, axis), extent)
             if extent == UNKNOWN:
                 fresh.append(self.new_slot(f"%{value.name} axis {axis}"))
                 shape.append(fresh[-1])
+                named.append(self.slot_symbol(dim_slot(fresh[-1])))  # type: ignore[arg-type]
             else:
                 shape.append(self.extent(extent))
+                named.append(extent)
+        if fresh:
+            self.named_types[value.name] = value.type.with_shape(tuple(named))
         return Buffer(value.name, value.type.dtype, tuple(shape)), fresh
+
+    def refined(self, node: Node, consts: Sequence[np.ndarray | None]) -> list[Value | None]:
+        """``node``'s outputs with each value-dependent extent that its type rule derives from
+        an input's run-time extents (a Softmax of a NonZero count) given by those extents:
+        the rule re-run on the inputs typed with their slots' symbols. Nothing changes where
+        the rule still cannot say (or fails)."""
+        outputs = list(node.outputs)
+        if not any(v is not None and v.name in self.named_types for v in node.inputs) or all(
+                v is None or UNKNOWN not in v.type.shape for v in outputs):
+            return outputs
+        named = [None if v is None else Value(v.name, self.named_types.get(v.name, v.type))
+                 for v in node.inputs]
+        try:
+            types = infer_types(op_def(node.op), node.name, named, node.attrs, consts,
+                                len(outputs))
+        except KilnError:
+            return outputs
+        refined: list[Value | None] = []
+        for value, found in zip(outputs, types, strict=True):
+            if value is None or found.rank != value.type.rank:
+                refined.append(value)
+                continue
+            shape = tuple(
+                extent if extent != UNKNOWN or not symbolic.is_symbolic(better)
+                or not symbolic.atoms(better) <= set(self.symbols) else better
+                for extent, better in zip(value.type.shape, found.shape, strict=True))
+            refined.append(Value(value.name, value.type.with_shape(shape)))
+        return refined
 
 
 def lower_graph(graph: Graph, machine: Machine = DEFAULT_MACHINE,
@@ -185,7 +227,8 @@ def lower_graph(graph: Graph, machine: Machine = DEFAULT_MACHINE,
         if fn is None:
             raise LoweringError(f"{node.describe()}: no lowering for op {node.op.value}")
         undefined: list[Expr] = []
-        for value in node.outputs:
+        consts = [None if v is None else constants.get(v.name) for v in node.inputs]
+        for value in table.refined(node, consts):
             if value is not None:
                 buffers[value.name], fresh = table.buffer(value)
                 undefined.extend(fresh)
@@ -194,7 +237,7 @@ def lower_graph(graph: Graph, machine: Machine = DEFAULT_MACHINE,
             op_def(node.op).with_defaults(node.attrs),
             [None if v is None else buffers[v.name] for v in node.inputs],
             [None if v is None else buffers[v.name] for v in node.outputs],
-            [None if v is None else constants.get(v.name) for v in node.inputs],
+            consts,
             f"k{index}_{node.op.value}",
             machine,
             tuple(undefined),

@@ -75,17 +75,37 @@ def _dropout(rw: Rewriter, node: Node) -> Replacement:
     return [node.inputs[0], None][: len(node.outputs)]
 
 
+def _reshape_to(rw: Rewriter, source: Value, node: Node) -> Replacement:
+    """A Reshape of ``source`` to the type of ``node``'s output, or None when no constant
+    shape gives it: a static type is its own shape; a symbolic dim is written 0 (copy the
+    source's extent) where the source has the same dim at that axis, else -1 (what is left),
+    at most once, and then no extent may be 0 (allowzero would be needed for it, and would
+    take the 0s literally)."""
+    out = node.outputs[0]
+    if out is None:
+        return None
+    if out.type.is_static:
+        attrs = {"allowzero": 1} if 0 in out.type.shape else {}
+        shape = np.array(out.type.shape, dtype=np.int64)
+        return rw.emit(Op.RESHAPE, [source, rw.constant(shape)], attrs, name=node.name)
+    if UNKNOWN in out.type.shape or 0 in out.type.shape:
+        return None
+    entries = [d if isinstance(d, int) else 0 if i < source.type.rank
+               and source.type.shape[i] == d else -1 for i, d in enumerate(out.type.shape)]
+    if entries.count(-1) > 1:
+        return None
+    return rw.emit(Op.RESHAPE, [source, rw.constant(np.array(entries, np.int64))],
+                   name=node.name)
+
+
 @rule("reshape_chain", *_RESHAPES)
 def _reshape_chain(rw: Rewriter, node: Node) -> Replacement:
     """A reshape of a reshape (Reshape/Flatten/Squeeze/Unsqueeze) is one Reshape of the
-    source to the final static shape: both only reinterpret the same row-major elements."""
+    source to the final shape: both only reinterpret the same row-major elements."""
     inner = rw.producer(node.inputs[0])
-    out = node.outputs[0]
-    if inner is None or inner.op not in _RESHAPES or out is None or not out.type.is_static:
+    if inner is None or inner.op not in _RESHAPES or inner.inputs[0] is None:
         return None
-    shape = np.array(out.type.shape, dtype=np.int64)
-    attrs = {"allowzero": 1} if 0 in out.type.shape else {}
-    return rw.emit(Op.RESHAPE, [inner.inputs[0], rw.constant(shape)], attrs, name=node.name)
+    return _reshape_to(rw, inner.inputs[0], node)
 
 
 def _perm(node: Node) -> tuple[int, ...]:
@@ -118,16 +138,15 @@ def _transpose_pair(rw: Rewriter, node: Node) -> Replacement:
 def _transpose_as_reshape(rw: Rewriter, node: Node) -> Replacement:
     """A transpose that keeps the order of the dims longer than 1 moves no element (NHWC ->
     NCHW of a one-channel image, for one): a Reshape, which only renames the shape."""
-    source, out = node.inputs[0], node.outputs[0]
-    if source is None or out is None or not source.type.is_static:
+    source = node.inputs[0]
+    if source is None or UNKNOWN in source.type.shape:
         return None
     perm = _perm(node)
+    # A symbolic dim counts as long: were it 1 at run time, the order would hold all the more.
     long = [p for p in perm if source.type.shape[p] != 1]
     if long != sorted(long) or perm == tuple(range(len(perm))):
         return None
-    shape = np.array(out.type.shape, dtype=np.int64)
-    attrs = {"allowzero": 1} if 0 in out.type.shape else {}
-    return rw.emit(Op.RESHAPE, [source, rw.constant(shape)], attrs, name=node.name)
+    return _reshape_to(rw, source, node)
 
 
 _MANTISSA_BITS = {DType.F16: 11, DType.BF16: 8, DType.F32: 24, DType.F64: 53}
@@ -250,7 +269,8 @@ _MOVES = (*_RESHAPES, Op.TRANSPOSE, Op.LAYOUT_TRANSFORM)
 
 def _moved_indices(chain: list[Node], indices: np.ndarray) -> np.ndarray:
     """``indices`` (an array shaped like the chain's source) moved by each node of ``chain``
-    in turn: the result holds, per element of the chain's end, the source element it is."""
+    in turn: the result holds, per element of the chain's end, the source element it is. A
+    symbolic first dim (a batch) stands for the first extent of ``indices``."""
     for node in chain:
         out = node.outputs[0]
         assert out is not None
@@ -259,8 +279,19 @@ def _moved_indices(chain: list[Node], indices: np.ndarray) -> np.ndarray:
         elif node.op is Op.LAYOUT_TRANSFORM:
             indices = from_blocked(indices, int(node.attrs.get("channels") or 0))
         else:
-            indices = indices.reshape(out.type.shape)
+            shape = [int(d) if isinstance(d, int) else len(indices) for d in out.type.shape]
+            indices = indices.reshape(shape)
     return indices
+
+
+def _batch_major(chain: list[Node], source: Value, rows: str) -> bool:
+    """Whether every value of ``chain`` (from ``source``) has the symbolic ``rows`` as its
+    first dim, static others, and no Transpose moves that first axis: each row is then moved
+    within itself, the same way for every row, so one row shows how."""
+    values = [source, *(n.outputs[0] for n in chain)]
+    return all(v is not None and v.type.rank >= 1 and v.type.shape[0] == rows
+               and all(isinstance(d, int) for d in v.type.shape[1:]) for v in values) \
+        and all(_perm(n)[0] == 0 for n in chain if n.op is Op.TRANSPOSE)
 
 
 @rule("moves_into_weights", Op.MATMUL, Op.GEMM)
@@ -268,14 +299,15 @@ def _moves_into_weights(rw: Rewriter, node: Node) -> Replacement:
     """flatten(moves(x)) @ W = reshape(x, [N, -1]) @ W' with W' the rows of the constant W
     permuted (zero rows for elements the moves drop): a Transpose to NHWC, or a transform out
     of a blocked layout, before a Flatten and a Dense/Gemm costs nothing but the weights'
-    order. The moves must keep each batch row's elements in that row. Not bit-exact: the
-    matrix product sums the same products in another order."""
+    order. The moves must keep each batch row's elements in that row; a symbolic batch must
+    be the first axis throughout (``_batch_major``). Not bit-exact: the matrix product sums
+    the same products in another order."""
     if node.op is Op.GEMM and node.attrs.get("transA"):
         return None
     a, b = node.inputs[0], node.inputs[1]
     weights = rw.const(b)
     if a is None or weights is None or weights.ndim != 2 or a.type.rank != 2 \
-            or not a.type.is_static:
+            or not isinstance(a.type.shape[1], int) or UNKNOWN in a.type.shape:
         return None
     chain: list[Node] = []
     source = a
@@ -285,23 +317,32 @@ def _moves_into_weights(rw: Rewriter, node: Node) -> Replacement:
         source = producer.inputs[0]
         assert source is not None
     if not any(n.op in (Op.TRANSPOSE, Op.LAYOUT_TRANSFORM) for n in chain) \
-            or not source.type.is_static or source.type.rank < 1:
+            or source.type.rank < 1:
         return None
-    rows, _ = a.type.shape
-    size = int(np.prod(source.type.shape))
-    if source.type.shape[0] != rows or size % int(rows):
+    rows = a.type.shape[0]
+    if isinstance(rows, int):
+        if not source.type.is_static:
+            return None
+        shape = tuple(int(d) for d in source.type.shape)
+    elif _batch_major(chain, source, rows):
+        shape = (1, *(int(d) for d in source.type.shape[1:]))  # one row shows them all
+    else:
         return None
-    width = size // int(rows)
-    moved = _moved_indices(chain, np.arange(size).reshape(source.type.shape)).reshape(rows, -1)
+    size = int(np.prod(shape))
+    if source.type.shape[0] != rows or size == 0 or size % shape[0]:
+        return None
+    width = size // shape[0]
+    moved = _moved_indices(chain, np.arange(size).reshape(shape)).reshape(shape[0], -1)
     order = moved[0] % width  # per column of a: the column of reshape(x) it reads
-    if not (np.all(moved // width == np.arange(rows)[:, None])
+    if not (np.all(moved // width == np.arange(shape[0])[:, None])
             and np.all(moved % width == order)):
         return None
     transposed = bool(node.attrs.get("transB")) if node.op is Op.GEMM else False
     rows_first = weights.T if transposed else weights
     permuted = np.zeros((width, rows_first.shape[1]), weights.dtype)
     permuted[order] = rows_first
-    flat = rw.emit(Op.RESHAPE, [source, rw.constant(np.array([rows, width], np.int64))])[0]
+    flat_shape = np.array([rows if isinstance(rows, int) else -1, width], np.int64)
+    flat = rw.emit(Op.RESHAPE, [source, rw.constant(flat_shape)])[0]
     new_b = rw.constant(np.ascontiguousarray(permuted.T if transposed else permuted))
     return rw.emit(node.op, [flat, new_b, *node.inputs[2:]], node.attrs, name=node.name)
 

@@ -687,9 +687,26 @@ KILN_API kiln_status kiln_run(kiln_instance *inst, const void *const *inputs,
                               void *const *outputs) {
     if (inst == NULL) return fail(KILN_ERROR_INVALID_ARGUMENT, "kiln_run: instance is NULL");
     if (kiln__model.bind != NULL) {
-        return fail(KILN_ERROR_INVALID_ARGUMENT,
-                    "kiln_run: the model has extents known only at run time; run it with "
-                    "kiln_run_shaped");
+        /* Run-time extents inside a model whose inputs and outputs have fixed shapes (a NonZero
+         * between them): the shaped run with the fixed input shapes. */
+        const int64_t *shapes[64];
+        int32_t n = kiln__model.num_inputs;
+        int fixed = n <= 64;
+        for (int32_t i = 0; fixed && i < n; i++) {
+            shapes[i] = kiln__model.inputs[i].shape;
+            for (int32_t d = 0; d < kiln__model.inputs[i].rank; d++) fixed &= shapes[i][d] >= 0;
+        }
+        for (int32_t j = 0; fixed && j < kiln__model.num_outputs; j++) {
+            for (int32_t d = 0; d < kiln__model.outputs[j].rank; d++) {
+                fixed &= kiln__model.outputs[j].shape[d] >= 0;
+            }
+        }
+        if (!fixed) {
+            return fail(KILN_ERROR_INVALID_ARGUMENT,
+                        "kiln_run: the model has inputs or outputs whose shapes are known only "
+                        "at run time; run it with kiln_run_shaped");
+        }
+        return kiln_run_shaped(inst, inputs, shapes, outputs);
     }
     kiln_status status = check_buffers("input", kiln__model.inputs, kiln__model.num_inputs,
                                        inputs, NULL);

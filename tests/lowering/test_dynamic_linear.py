@@ -11,7 +11,9 @@ interpreter runs about 1e5 scalar operations a second.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -307,8 +309,9 @@ def test_blocked_layout_ops_runtime_batch(engine: Engine) -> None:
 
 def test_conv_pools_runtime_spatial(engine: Engine) -> None:
     """Run-time height and width: generic loop nests guarding every tap (strides, pads,
-    dilations, ceil mode, count_include_pad, MaxPool indices); output extents the type rules
-    leave unknown come from a shape kernel."""
+    dilations, ceil mode, count_include_pad, MaxPool indices, ConvTranspose's output padding),
+    global pools over run-time planes; output extents the type rules leave unknown come from a
+    shape kernel."""
     def make(b: GraphBuilder) -> list:
         x = b.add_input("x", TensorType(F32, ("batch", 3, "h", "w")))
         y = b.add1(Op.CONV, [x, b.constant(_weights((4, 3, 3, 3))), b.constant(_weights((4,)))],
@@ -320,7 +323,11 @@ def test_conv_pools_runtime_spatial(engine: Engine) -> None:
         lp = b.add1(Op.LP_POOL, [x], {"kernel_shape": [2, 2], "strides": [2, 2]})
         valid = b.add1(Op.CONV, [x, b.constant(_weights((2, 3, 2, 2)))],
                        {"auto_pad": "VALID", "dilations": [2, 1]})
-        return [y, pooled, where, average, lp, valid]
+        globals_ = [b.add1(op, [pooled], {"p": 3} if op is Op.GLOBAL_LP_POOL else {})
+                    for op in (Op.GLOBAL_AVERAGE_POOL, Op.GLOBAL_MAX_POOL, Op.GLOBAL_LP_POOL)]
+        up = b.add1(Op.CONV_TRANSPOSE, [y, b.constant(_weights((4, 2, 3, 2)))],
+                    {"strides": [2, 3], "pads": [1, 0, 0, 1], "output_padding": [1, 0]})
+        return [y, pooled, where, average, lp, valid, *globals_, up]
 
     sizes = [[(n, 3, h, w)] for n, h, w in ((1, 5, 6), (2, 7, 4), (1, 3, 3))]
     _check(engine, _graph(make), sizes, rtol=1e-4)
@@ -330,12 +337,17 @@ def test_runtime_spatial_unsupported_is_a_clear_error() -> None:
     def make(b: GraphBuilder, op: Op, attrs: dict) -> list:
         x = b.add_input("x", TensorType(F32, (1, 3, "h", 6)))
         weights = _weights((3, 4, 3, 3) if op is Op.CONV_TRANSPOSE else (4, 3, 3, 3))
-        return [b.add1(op, [x, b.constant(weights)], attrs)]
+        operands = [x, b.constant(weights)]
+        if op is Op.DEFORM_CONV:  # offsets for a 3x3 window over the 1x4 output
+            operands.append(b.add_input("offset", TensorType(F32, (1, 18, "oh", 4))))
+        return [b.add1(op, operands, attrs)]
 
     with pytest.raises(LoweringError, match="SAME_UPPER needs the spatial extents"):
         lower_graph(_graph(lambda b: make(b, Op.CONV, {"auto_pad": "SAME_UPPER"})))
+    with pytest.raises(LoweringError, match="output_shape need the spatial extents"):
+        lower_graph(_graph(lambda b: make(b, Op.CONV_TRANSPOSE, {"output_shape": [5, 8]})))
     with pytest.raises(LoweringError, match="run time"):
-        lower_graph(_graph(lambda b: make(b, Op.CONV_TRANSPOSE, {})))
+        lower_graph(_graph(lambda b: make(b, Op.DEFORM_CONV, {})))
 
 
 # --- MaxUnpool ------------------------------------------------------------------------------
@@ -555,3 +567,36 @@ def test_roi_ops_runtime_batch_and_regions(engine: Engine) -> None:
                                 strict=True):
             assert actual.shape == want.shape
             np.testing.assert_allclose(actual, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_torch_recurrent_dynamic_sequence(kind: str, engine: Engine, tmp_path: Path) -> None:
+    """A PyTorch bidirectional LSTM/GRU + Linear exported with dynamic batch and sequence
+    axes (the tracing exporter): one lowering for every size, against torch."""
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+    from torch_export import export
+
+    from kiln.frontends.onnx import load_onnx
+
+    class Model(torch.nn.Module):  # type: ignore[name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = getattr(torch.nn, kind)(4, 5, batch_first=True, bidirectional=True)
+            self.head = torch.nn.Linear(10, 3)
+
+        def forward(self, x: Any) -> Any:
+            return self.head(self.rnn(x)[0])
+
+    torch.manual_seed(0)
+    module = Model().eval()
+    path = export(module, [torch.randn(2, 3, 4)], tmp_path / f"{kind}.onnx", "torchscript",
+                  ["x"], ["y"], {"x": {0: "batch", 1: "seq"}, "y": {0: "batch", 1: "seq"}})
+    graph = load_onnx(str(path))
+    lowered = engine.lower(graph)
+    for batch, seq in ((1, 1), (2, 5), (3, 2)):
+        x = np.random.default_rng(batch).standard_normal((batch, seq, 4)).astype(np.float32)
+        with torch.no_grad():
+            expected = module(torch.from_numpy(x)).numpy()
+        got = engine.run(lowered, {graph.inputs[0].name: x})[0]
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)

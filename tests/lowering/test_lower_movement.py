@@ -455,9 +455,3 @@ def test_range_with_run_time_scalars(start: float, limit: float, delta: float,
     # Constant inputs (not folded) give the static extent; start and delta are read at run
     # time by the kernel.
     check_node(Op.RANGE, inputs, consts=[0, 1, 2])
-
-
-def test_dynamic_slice_is_a_clear_error() -> None:
-    graph, _ = node_graph(Op.SLICE, [data(4, 4), i64(1), i64(3)], None)
-    with pytest.raises(KilnError, match="dynamic shapes are not supported"):
-        lower_graph(graph)

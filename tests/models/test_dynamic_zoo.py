@@ -181,6 +181,89 @@ def test_compiled_once_matches_onnxruntime_at_every_size(name: str, exporter: st
                          **VS_ONNXRUNTIME)
 
 
+def test_quantized_cnn_with_a_dynamic_batch(tmp_path: Path) -> None:
+    """A small CNN exported with a free batch and quantized by ``quantize_static`` (QDQ,
+    per-channel int8 weights): quant_fusion runs its convolutions as QLinearConv at any batch,
+    bit-exact with onnxruntime (integer accumulation and requantization)."""
+    pytest.importorskip("torch", reason="PyTorch is not installed (pip install torch==2.13.0)")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    quantization = pytest.importorskip("onnxruntime.quantization")
+    import torch
+    from torch import nn
+    from torch_export import export
+
+    from kiln.compiler.passes.pipeline import optimize
+    from kiln.frontends.onnx import load_onnx
+
+    class Images(quantization.CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            rng = np.random.default_rng(7)
+            self.batches = iter([{"image": rng.standard_normal((1, 3, 16, 16)).astype(
+                np.float32)} for _ in range(8)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(16 * 4 * 4, 10))
+    source = export(cnn, [torch.randn(2, 3, 16, 16)], tmp_path / "cnn.onnx", "torchscript",
+                    ["image"], ["logits"], BATCH_AXES)
+    path = tmp_path / "cnn_qdq.onnx"
+    quantization.quantize_static(
+        str(source), str(path), Images(),
+        quant_format=quantization.QuantFormat.QDQ, per_channel=True,
+        activation_type=quantization.QuantType.QInt8, weight_type=quantization.QuantType.QInt8)
+    graph = load_onnx(path)
+    assert graph.inputs[0].type.shape == ("batch", 3, 16, 16)
+    assert Op.QLINEAR_CONV in {n.op for n in optimize(graph, 3).nodes}
+    executable = build(graph, opt_level=3, verify_each=True)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(3)
+    for batch in (1, 3):
+        image = (rng.standard_normal((batch, 3, 16, 16)) * 1.5).astype(np.float32)
+        np.testing.assert_array_equal(executable.run({"image": image})[0],
+                                      session.run(None, {"image": image})[0],
+                                      err_msg=f"at batch {batch}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("channels", [3, 16])
+def test_keras_cnn_with_a_free_batch(channels: int, tmp_path: Path) -> None:
+    """tf2onnx's Keras CNN (NHWC, Transposes at the image and before the Flatten) with its
+    batch left free: at -O3 as with a static batch, the convolutions run blocked (16 channels:
+    made from NHWC in one reorder), the moves before the Dense fold into its weights, and only
+    the image's reorder is left; one library matches onnxruntime at every batch."""
+    import os
+    import sys
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow's first import
+    pytest.importorskip("tensorflow", reason="pip install tensorflow-cpu")
+    pytest.importorskip("tf2onnx", reason="pip install tf2onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "frameworks"))
+    import keras_models
+
+    from kiln.compiler.passes.pipeline import optimize
+    from kiln.frontends.onnx import load_onnx
+
+    exported = keras_models.cnn(tmp_path, batch=2, channels=channels)
+    graph = load_onnx(exported.path)
+    assert not isinstance(graph.inputs[0].type.shape[0], int)
+    optimized = optimize(graph, 3, verify_each=True, stop_after="absorb_moves")
+    assert Op.CONV not in _ops(optimized) and Op.LAYOUT_TRANSFORM not in _ops(optimized)
+    assert _ops(optimized).count(Op.TRANSPOSE) == 1  # the image's
+    executable = build(graph, opt_level=3, verify_each=True)
+    session = onnxruntime.InferenceSession(str(exported.path),
+                                           providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(8)
+    for batch in (1, 3):
+        image = {"x": rng.standard_normal((batch, 16, 16, channels)).astype(np.float32)}
+        np.testing.assert_allclose(executable.run(image)[0], session.run(None, image)[0],
+                                   err_msg=f"at batch {batch}", **VS_ONNXRUNTIME)
+
+
 # ---- the passes on graphs with symbolic dims ------------------------------------------------
 
 
@@ -267,6 +350,27 @@ def test_simplify_with_symbolic_dims() -> None:
                   EXACT)
 
 
+def test_reshape_chains_with_symbolic_dims_become_one_reshape() -> None:
+    """reshape(reshape(x, [batch,seq,4,8]), [batch*seq, 32]) is one Reshape of x (its shape
+    [-1, 32]); transpose(x: [batch,1,seq]) by [0,2,1] moves nothing: a Reshape [0, -1, 1]."""
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType(DType.F32, ("batch", "seq", 32)))
+    head = b.add1(Op.SLICE, [b.add1(Op.SHAPE, [x]), b.constant(np.array([0])),
+                             b.constant(np.array([2]))])
+    split = b.add1(Op.RESHAPE, [x, b.add1(Op.CONCAT, [head, b.constant(np.array([4, 8]))],
+                                          {"axis": 0})])
+    rows = b.add1(Op.FLATTEN, [split], {"axis": 2})
+    y = b.add_input("y", TensorType(DType.F32, ("batch", 1, "seq")))
+    moved = b.add1(Op.TRANSPOSE, [y], {"perm": [0, 2, 1]})
+    graph = b.finish([rows, moved])
+    simplified = simplify(graph)
+    verify(simplified)
+    assert _ops(simplified) == [Op.RESHAPE, Op.RESHAPE]
+    assert [v.type.shape for v in simplified.outputs] == [("batch*seq", 32), ("batch", "seq", 1)]
+    _same_results(graph, simplified, {"x": ((1, 1, 32), (3, 5, 32)),
+                                      "y": ((1, 1, 1), (3, 1, 5))}, EXACT)
+
+
 def _conv_graph(batch_norm: bool) -> Graph:
     """x: f32[batch,8,6,6] -> conv 3x3 (+ BatchNorm) -> relu -> max pool 2x2."""
     rng = np.random.default_rng(4)
@@ -329,3 +433,27 @@ def test_blocked_layout_with_a_symbolic_batch(layout: str) -> None:
         inputs = {"x": rng.standard_normal(shape).astype(np.float32)}
         np.testing.assert_allclose(executable.run(inputs)[0], reference.run(graph, inputs)[0],
                                    rtol=1e-4, atol=1e-5, err_msg=f"compiled at {shape}")
+
+
+def test_moves_before_a_dense_fold_into_its_weights_with_a_symbolic_batch() -> None:
+    """A Keras-style head: the blocked result goes back to NCHW, is transposed to NHWC,
+    flattened and multiplied by constant weights; with a symbolic batch too, the moves become
+    an order of the weights' rows, and only a Reshape of the blocked tensor is left."""
+    from kiln.compiler.passes.pipeline import optimize
+
+    features = _nhwc_graph()
+    b = GraphBuilder()
+    x = b.add_input("x", features.inputs[0].type)
+    mapping = {x.name: x}
+    for node in features.nodes:
+        mapping[node.outputs[0].name] = (
+            b.constant(node.attrs["value"]) if node.op is Op.CONSTANT else
+            b.add1(node.op, [mapping[v.name] for v in node.inputs], node.attrs))
+    nhwc = b.add1(Op.TRANSPOSE, [mapping[features.outputs[0].name]], {"perm": [0, 2, 3, 1]})
+    weights = np.random.default_rng(6).standard_normal((72, 5)).astype(np.float32)
+    graph = b.finish([b.add1(Op.MATMUL, [b.add1(Op.FLATTEN, [nhwc]), b.constant(weights)])])
+    optimized = optimize(graph, 3, verify_each=True)
+    moves = [n.op for n in optimized.walk() if n.op in (Op.TRANSPOSE, Op.LAYOUT_TRANSFORM)]
+    assert moves == [Op.TRANSPOSE]  # the input's, into NCHW or NCHW[b]c: none after the Conv
+    assert optimized.outputs[0].type.shape == ("batch", 5)
+    _same_results(graph, optimized, {"x": ((1, 6, 6, 8), (3, 6, 6, 8))}, FOLDED)

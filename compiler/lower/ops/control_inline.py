@@ -139,9 +139,7 @@ def slot_symbol(ctx: LowerContext, slot: int) -> str:
     slot's extent)."""
     if ctx.dims is None:
         raise ctx.fail("run-time extents need the run's DimTable")
-    name = f"kiln_slot{slot}"
-    ctx.dims.symbols.setdefault(name, slot)
-    return name
+    return ctx.dims.slot_symbol(slot)
 
 
 def rebuild_body(ctx: LowerContext, graph: Graph, input_types: Sequence[TensorType]) -> Graph:

@@ -59,7 +59,13 @@ from . import quant_tiled
 from .common import const, idx
 from .conv_tiled import conv_shape, merged, pad_input, parallel_loop, vector_width
 from .nn_common import acc_dtype, add_to, all_of, nest, ravel, requantize, unravel
-from .nn_window import by_image, over_scatter_taps, over_window, runtime_window
+from .nn_window import (
+    by_image,
+    over_scatter_taps,
+    over_window,
+    runtime_transpose_window,
+    runtime_window,
+)
 
 # (n, c) -> per-tap loader (positions -> value); (m, c_local, taps) -> weight value.
 LoadX = Callable[[Expr, Expr, list[Expr]], Expr]
@@ -755,7 +761,7 @@ def lower_causal_conv(ctx: LowerContext) -> list[Kernel]:
 
 
 def _gathered(
-    out: Buffer, win: Window, in_sizes: Sequence[int], reduce_extent: int, acc_type: DType,
+    out: Buffer, win: Window, in_sizes: Sequence[int | Expr], reduce_extent: int, acc_type: DType,
     term: Callable[[Expr, Expr, Expr, list[Expr], list[Expr]], Expr],
     finish: Finish,
 ) -> Stmt:
@@ -781,13 +787,18 @@ def _gathered(
 
 
 @lowering(Op.CONV_TRANSPOSE)
-@by_image
+@functools.partial(by_image, generic=True)
 def lower_conv_transpose(ctx: LowerContext) -> list[Kernel]:
     x, w, out = ctx.input(0), ctx.input(1), ctx.output()
     bias = ctx.input(2) if ctx.has_input(2) else None
     group = int(ctx.attr("group"))
     kernel = kernel_shape_of(ctx.attrs, w.shape[2:], len(x.shape) - 2, ctx.fail)
-    win = resolve_transpose_window(ctx.attrs, x.shape[2:], kernel, ctx.fail)
+    shape: list[Kernel] = []
+    if Buffer("", x.dtype, x.shape[1:]).is_static:
+        win = resolve_transpose_window(ctx.attrs, x.shape[2:], kernel, ctx.fail)
+    else:  # run-time spatial extents (static channels): every tap guarded
+        ctx.require_static(w, Buffer(x.name, x.dtype, x.shape[1:2]))
+        win, shape = runtime_transpose_window(ctx, x, kernel)
     per_group_in, per_group_out = x.shape[1] // group, w.shape[1]
     acc_type = acc_dtype(x.dtype)
 
@@ -800,7 +811,8 @@ def lower_conv_transpose(ctx: LowerContext) -> list[Kernel]:
         value = acc if bias is None else acc + bias.load(m).cast(acc_type)
         return out.store([n, m, *o], value.cast(out.dtype))
 
-    return [ctx.kernel(_gathered(out, win, x.shape[2:], per_group_in, acc_type, term, finish))]
+    return [*shape, ctx.kernel(_gathered(out, win, x.shape[2:], per_group_in, acc_type, term,
+                                         finish))]
 
 
 @lowering(Op.COL2IM)

@@ -252,7 +252,7 @@ def _global(ctx: LowerContext, init: Expr, combine: Callable[[Expr, Expr], Expr]
         def value(flat: list[Expr]) -> Expr:
             return term(x.load(*nc, *unravel(flat[0], spatial)).cast(convert))
 
-        stmts, total = fold_lanes(ctx, "acc", rows, slot, [math.prod(spatial)], init, combine,
+        stmts, total = fold_lanes(ctx, "acc", rows, slot, [product(spatial)], init, combine,
                                   value)
         index = [*nc, *([idx(0)] * len(spatial))]
         return block(stmts, out.store(index, result(total).cast(out.dtype)))
@@ -261,23 +261,24 @@ def _global(ctx: LowerContext, init: Expr, combine: Callable[[Expr, Expr], Expr]
 
 
 @lowering(Op.GLOBAL_AVERAGE_POOL)
-@by_image
+@functools.partial(by_image, generic=True)
 def lower_global_average_pool(ctx: LowerContext) -> list[Kernel]:
     x = ctx.input(0)
     acc_type = acc_dtype(x.dtype)
-    count = const(math.prod(x.shape[2:]), acc_type)
+    plane = product(x.shape[2:])
+    count = const(plane, acc_type) if isinstance(plane, int) else plane.cast(acc_type)
     return _global(ctx, const(0, acc_type), add, _same, lambda a: a / count, acc_type)
 
 
 @lowering(Op.GLOBAL_MAX_POOL)
-@by_image
+@functools.partial(by_image, generic=True)
 def lower_global_max_pool(ctx: LowerContext) -> list[Kernel]:
     x = ctx.input(0)
     return _global(ctx, const(lowest(x.dtype), x.dtype), fmax, _same, _same, x.dtype)
 
 
 @lowering(Op.GLOBAL_LP_POOL)
-@by_image
+@functools.partial(by_image, generic=True)
 def lower_global_lp_pool(ctx: LowerContext) -> list[Kernel]:
     acc_type = acc_dtype(ctx.input(0).dtype)
     p = const(float(ctx.attr("p")), acc_type)

@@ -117,8 +117,8 @@ def in_bounds(
 
 def over_scatter_taps(
     win: Window,
-    in_sizes: Sequence[int],
-    outs: Sequence[int],
+    in_sizes: Sequence[Extent],
+    outs: Sequence[Extent],
     out_vars: Sequence[Expr],
     inner: TapBody,
     prefix: str,
@@ -132,11 +132,14 @@ def over_scatter_taps(
         s, d, pad, k = win.strides[axis], win.dilations[axis], win.pads[axis], win.kernel[axis]
         t = affine([(o, 1), (tap, -d)], offset=pad)
         qs.append(t if s == 1 else t // s)
-        low, high = pad - (k - 1) * d, outs[axis] - 1 + pad
+        low, out = pad - (k - 1) * d, outs[axis]
+        # the high side is guarded unless the geometry never crosses it (run-time: always)
+        crosses = (not (isinstance(out, int) and isinstance(size, int))
+                   or out - 1 + pad > (size - 1) * s)
         conds.append(all_of([
             t >= 0 if low < 0 else None,
             (t % s).eq(0) if s > 1 else None,
-            t <= (size - 1) * s if high > (size - 1) * s else None,
+            t <= (size - 1) * s if crosses else None,
         ]))
     return _wrap(win.kernel, taps, conds, inner(taps, qs))
 
@@ -196,11 +199,35 @@ def runtime_window(ctx: LowerContext, x: Buffer, kernel: Sequence[int],
     for axis in range(rank):
         size, stride, begin = as_index(x.shape[2 + axis]), strides[axis], pads[axis]
         span = size + (begin + pads[rank + axis] - (kernel[axis] - 1) * dilations[axis] - 1)
-        count = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+        count: Expr = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
         if ceil_mode:
             count = select(((count - 1) * stride) >= size + begin, count - 1, count)
         pairs += [(o.shape[2 + axis], [select(span < 0, 0, count)]) for o in ctx.outputs
                   if o is not None]  # MaxPool's Indices too
+    window = Window(tuple(kernel), strides, dilations, pads, tuple(out.shape[2:]))  # type: ignore[arg-type]
+    return window, define_extents(ctx, pairs)
+
+
+def runtime_transpose_window(ctx: LowerContext, x: Buffer,
+                             kernel: Sequence[int]) -> tuple[Window, list[Kernel]]:
+    """``runtime_window`` of a transposed window (ConvTranspose): explicit pads and
+    output_padding only (output_shape and SAME pads need static extents); each output extent
+    is (size - 1) * stride + output_padding + the dilated kernel - the pads."""
+    rank = len(kernel)
+    if auto_pad_of(ctx.attrs, ctx.fail) != "NOTSET" or ctx.attr("output_shape") is not None:
+        raise ctx.fail(f"auto_pad and output_shape need the spatial extents at compile time; "
+                       f"the shape of %{x.name} is known only at run time")
+    strides = int_list(ctx.attrs, "strides", rank, 1, ctx.fail)
+    dilations = int_list(ctx.attrs, "dilations", rank, 1, ctx.fail)
+    pads = int_list(ctx.attrs, "pads", 2 * rank, 0, ctx.fail, minimum=0)
+    extra = int_list(ctx.attrs, "output_padding", rank, 0, ctx.fail, minimum=0)
+    out = ctx.output()
+    pairs: list[tuple[Extent, Sequence[Extent]]] = []
+    for axis in range(rank):
+        grown = (as_index(x.shape[2 + axis]) - 1) * strides[axis] + (
+            extra[axis] + (kernel[axis] - 1) * dilations[axis] + 1 - pads[axis]
+            - pads[rank + axis])
+        pairs.append((out.shape[2 + axis], [grown]))
     window = Window(tuple(kernel), strides, dilations, pads, tuple(out.shape[2:]))  # type: ignore[arg-type]
     return window, define_extents(ctx, pairs)
 
