@@ -140,6 +140,13 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_input_shape(compile_, "bind the symbolic dimensions of an input (LO..HI: free within "
                      "bounds, ?: free; unbound symbols are free: one library for every size)",
                      ranges=True)
+    compile_.add_argument("--specialize", action="append", metavar="NAME=D0,..[;NAME=D0,..]",
+                          type=_parse_specialization,
+                          help="input shapes the library also carries a static plan for (run "
+                               "when a run's shapes match; repeatable; default: batch 1 when "
+                               "the free extents are all batch axes)")
+    compile_.add_argument("--no-specialize", action="store_true",
+                          help="no static plans beside the general one")
     compile_.add_argument("--print-ir-after-all", action="store_true",
                           help="print the graph IR after every optimizer pass (on stderr)")
     compile_.add_argument("--print-ir-after", action="append", default=[], metavar="PASS",
@@ -306,6 +313,11 @@ def _parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     return name, shape  # type: ignore[return-value]
 
 
+def _parse_specialization(text: str) -> dict[str, tuple[int, ...]]:
+    """``NAME=D0,D1,...[;NAME=D0,...]``: one input shape per input it names."""
+    return dict(_parse_input_shape(part) for part in text.split(";"))
+
+
 def _parse_ranged_shape(text: str) -> tuple[str, tuple[int | None | tuple[int, int], ...]]:
     """``NAME=D0,D1,...``; a dim is an extent, ``LO..HI`` (symbolic within bounds) or ``?``
     (symbolic, unbounded)."""
@@ -402,7 +414,8 @@ def _compile(args: argparse.Namespace, log: Callable[[str], None]) -> None:
                     input_shapes=dict(args.input_shape), weights=args.weights or "embed",
                     progress=log, print_ir_after=args.print_ir_after,
                     print_ir_after_all=args.print_ir_after_all, tuned=tuned,
-                    profile=args.profile, dump_dir=args.dump)
+                    profile=args.profile, dump_dir=args.dump,
+                    specialize=[] if args.no_specialize else args.specialize)
     applied = sum(1 for d in decisions if tuned.get(d.signature) == d.chosen)
     log(f"tuned schedules used by {applied} of {len(decisions)} tunable kernels")
     written = exe.export(args.output)

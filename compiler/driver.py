@@ -44,12 +44,13 @@ from .codegen.nvptx.ptx import KernelPTX, compile_kernels
 from .codegen.plan_module import build_module
 from .codegen.target import Target
 from .errors import KilnError
+from .ir import symbolic
 from .ir.graph import Graph
-from .lower.from_graph import lower_graph, require_static
+from .lower.from_graph import LoweredGraph, lower_graph, require_static
 from .lower.kernel_ir import Buffer
 from .passes.pipeline import PassStats, optimize
 from .passes.specialize import specialize
-from .plan.plan import Plan, make_plan
+from .plan.plan import Plan, make_plan, pack_constants
 
 Progress = Callable[[str], None]
 # One axis of ``input_shapes``: an extent, None (symbolic), or (smallest, largest) bounds.
@@ -202,6 +203,7 @@ class _Options:
     verify_each: bool
     ir_out: TextIO | None
     dump_dir: Path | None
+    specialize: Sequence[Mapping[str, Sequence[int]]] | None = None
 
     def __post_init__(self) -> None:
         if self.opt_level not in (0, 1, 2, 3):
@@ -213,6 +215,22 @@ class _Options:
         """``input_shapes`` for ``specialize``: an extent given as bounds stays symbolic."""
         return {name: [None if isinstance(d, tuple) or d is None else int(d) for d in shape]
                 for name, shape in (self.input_shapes or {}).items()}
+
+    def specializations(self, graph: Graph, bounds: Mapping[str, tuple[int, int]]
+                        ) -> list[dict[str, tuple[int, ...]]]:
+        """The input shapes of the static plans a library with free extents carries: those
+        given, or by default, when every free extent is a leading (batch) axis, batch 1 (at the
+        smallest bound when bounded)."""
+        if self.specialize is not None:
+            return [{name: tuple(int(d) for d in shape) for name, shape in given.items()}
+                    for given in self.specialize]
+        free = [(axis, d) for v in graph.inputs for axis, d in enumerate(v.type.shape)
+                if not isinstance(d, int)]
+        if not free or any(axis != 0 or symbolic.poly(d) != {(d,): 1} for axis, d in free):
+            return []
+        return [{v.name: tuple(bounds.get(d, (1, 1))[0] if not isinstance(d, int) else d
+                               for d in v.type.shape)
+                 for v in graph.inputs}]
 
     def bounds(self, graph: Graph) -> dict[str, tuple[int, int]]:
         """Symbol -> (smallest, largest) extent from the bounded axes of ``input_shapes``, read
@@ -235,9 +253,11 @@ class _Options:
         return found
 
 
-def _plan(graph: Graph, options: _Options, phase: _Phases) -> tuple[Graph, Plan, list[PassStats]]:
+def _plan(graph: Graph, options: _Options, phase: _Phases, specializing: bool = False
+          ) -> tuple[Graph, Plan, list[PassStats], list[Plan]]:
     """Specialize, optimize, lower (GPU schedules for a GPU target) and plan ``graph``: the
-    specialized graph, the plan and one row per optimizer pass run."""
+    specialized graph, the plan, one row per optimizer pass run, and (``specializing`` a plan
+    with free extents) static plans for ``options.specialize`` sharing its weights blob."""
     target, opt_level = options.target, options.opt_level
     if target.is_gpu:
         from .lower.gpu import gpu_machine, lower_graph_gpu
@@ -256,14 +276,22 @@ def _plan(graph: Graph, options: _Options, phase: _Phases) -> tuple[Graph, Plan,
         stats=pass_rows, out=options.ir_out, machine=machine,
     ))
     lowered = phase("lower", lower, optimized)
-    plan: Plan = phase("plan", make_plan, lowered, bounds)
-    return static, plan, pass_rows
+    variants: list[LoweredGraph] = []
+    if specializing and not lowered.is_static:
+        for shapes in options.specializations(static, bounds):
+            fixed = optimize(specialize(static, shapes), opt_level, machine=machine)
+            variant = phase("specialize plans", lower, fixed)
+            if variant.is_static:  # (values may still set extents: no static plan then)
+                variants.append(variant)
+    shared = pack_constants([lowered, *variants])
+    plan: Plan = phase("plan", make_plan, lowered, bounds, shared)
+    return static, plan, pass_rows, [make_plan(v, None, shared) for v in variants]
 
 
 def _compile(graph: Graph, options: _Options, phase: _Phases, profile: bool) -> _Compiled:
     """Specialize, optimize, lower, plan, generate and emit object code for the target."""
     target, opt_level = options.target, options.opt_level
-    static, plan, pass_rows = _plan(graph, options, phase)
+    static, plan, pass_rows, specialized = _plan(graph, options, phase, not profile)
     if options.dump_dir is not None:
         from .codegen.dump import write_dump  # its printers load only when a dump is asked for
 
@@ -271,7 +299,8 @@ def _compile(graph: Graph, options: _Options, phase: _Phases, profile: bool) -> 
     names = ([v.name for v in static.inputs], list(plan.output_names))
     external = options.weights == "external"
     checksum = fnv1a64(plan.weights)
-    module = phase("codegen", build_module, plan, target, names, external, checksum, profile)
+    module = phase("codegen", build_module, plan, target, names, external, checksum, profile,
+                   specialized)
     obj = phase("llvm", optimize_and_emit, module, target, opt_level)
     return _Compiled(plan, names[0], obj, pass_rows)
 
@@ -292,6 +321,7 @@ def build(
     ir_out: TextIO | None = None,
     profile: bool = False,
     dump_dir: Path | None = None,
+    specialize: Sequence[Mapping[str, Sequence[int]]] | None = None,
 ) -> Executable | CudaExecutable:
     """Compile ``graph`` for ``target``. ``input_shapes`` binds input extents by input name:
     per axis an int, or None (stays symbolic), or ``(smallest, largest)``: symbolic with bounds,
@@ -304,10 +334,13 @@ def build(
     ``kiln.compiler.tune.TuneCache().tuned(target, threads)``); without it the build uses
     the cost model alone and reads no cache file. ``profile`` compiles in per-kernel timers
     and the kernel table (``Model.profile``; without it the code has no timer at all);
-    ``dump_dir`` receives each kernel's kernel IR, LLVM IR and assembly (codegen/dump.py)."""
+    ``dump_dir`` receives each kernel's kernel IR, LLVM IR and assembly (codegen/dump.py).
+    ``specialize`` lists input shapes (``{name: shape}`` each) for which a library with free
+    extents also carries a static plan, run when a run's shapes match (None: batch 1 when the
+    free extents are all leading axes; ``[]``: none; a profiling build carries none)."""
     target = target if isinstance(target, Target) else Target.parse(target)
     options = _Options(target, opt_level, input_shapes, weights, tuned, print_ir_after,
-                       print_ir_after_all, verify_each, ir_out, dump_dir)
+                       print_ir_after_all, verify_each, ir_out, dump_dir, specialize)
     phase = _Phases(progress)
     if target.is_gpu:
         return _build_cuda(graph, options, phase)
@@ -331,7 +364,7 @@ def _build_cuda(graph: Graph, options: _Options, phase: _Phases) -> CudaExecutab
     target, opt_level = options.target, options.opt_level
     if options.weights != "embed":
         raise KilnError("a CUDA artifact holds its weights: weights must be 'embed'")
-    static, plan, pass_rows = _plan(graph, options, phase)
+    static, plan, pass_rows, _ = _plan(graph, options, phase)
     kernels, messages = phase("codegen", compile_kernels, plan.kernels, target, opt_level)
     if options.dump_dir is not None:
         from .codegen.nvptx.dump import write_gpu_dump

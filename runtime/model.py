@@ -112,6 +112,7 @@ class Model:
         self.is_static = all(info.is_static for info in self.inputs + self.outputs)
         self._shape_ptrs = ctypes.POINTER(ctypes.c_int64) * max(len(self.inputs), 1)
         self._signatures: dict[tuple[tuple[int, ...], ...], _Signature] = {}
+        self._last: tuple[object, _Signature | None] = (None, None)  # the last run's shapes
         self._handle = library.create(threads, weights_path)
 
     def __repr__(self) -> str:
@@ -209,11 +210,14 @@ class Model:
         """A run of a model with run-time extents: outputs whose shapes follow from the input
         shapes go straight to fresh arrays, the others are copied out of the instance."""
         key = tuple([a.shape for a in arrays])
-        signature = self._signatures.get(key) or self._signature(key)
+        signature = self._last[1] if key == self._last[0] else self._signature(key)
+        self._last = key, signature
         outputs = [None if alloc is None else np.empty(*alloc) for alloc in signature.allocations]
         in_ptrs = self._in_ptrs(*map(_address, arrays))
         out_ptrs = self._out_ptrs(*[None if out is None else _address(out) for out in outputs])
         self._library.run_shaped(handle, in_ptrs, signature.pointers, out_ptrs)
+        if None not in signature.allocations:
+            return outputs  # type: ignore[return-value]
         results = []
         for index, (info, out) in enumerate(zip(self.outputs, outputs, strict=True)):
             if out is None:

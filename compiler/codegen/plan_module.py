@@ -12,7 +12,10 @@ symbol, polynomial, bounds; ``info`` says which failed), and ``kiln__shapes(dims
 out)``, which writes every output's extents (-1 before the run for one that depends on values).
 Its plan function first sizes the arena for the run (``kiln__arena``, offsets computed from
 ``dims``) and allocates each dynamic buffer (``kiln__dynamic``) right before its first call;
-either returning NULL stops the run with status 2 (out of memory).
+either returning NULL stops the run with status 2 (out of memory). Such a model may carry
+*specialized* plans: static plans of the same model at given input shapes (their kernels
+prefixed ``sN_``, the weights blob shared), which the runtime runs instead of the general plan
+when the input shapes match.
 
 A profiling build (``profile=True``) brackets each kernel call ``i`` of the plan with
 ``kiln__profile_begin(ctx, i)`` / ``kiln__profile_end(ctx, i)`` and points the descriptor at a
@@ -22,6 +25,9 @@ it the module has neither: no timer call, no table.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
 
 from llvmlite import ir
 
@@ -67,9 +73,10 @@ _BIND_TYPE = ir.FunctionType(_I32, [_PTR, _PTR, _PTR])
 _SHAPES_TYPE = ir.FunctionType(ir.VoidType(), [_PTR, _I32, _PTR])
 _MODEL_DESC = ir.LiteralStructType(
     [_I32, _I32, _I32, _I32, _PTR, _PTR, _I64, _I64, _PTR, _I64, _RUN_TYPE.as_pointer(), _PTR,
-     _I32, _I32, _BIND_TYPE.as_pointer(), _SHAPES_TYPE.as_pointer(), _PTR]
+     _I32, _I32, _BIND_TYPE.as_pointer(), _SHAPES_TYPE.as_pointer(), _PTR, _I32, _PTR]
 )
 _KERNEL_INFO = ir.LiteralStructType([_PTR, _PTR, _I64, _I64])
+_SPECIALIZED = ir.LiteralStructType([_PTR, _RUN_TYPE.as_pointer(), _I64])
 _PROFILE_DESC = ir.LiteralStructType([_I32, _PTR])
 _PROFILE_HOOK = ir.FunctionType(ir.VoidType(), [_PTR, _I32])
 
@@ -81,15 +88,24 @@ def build_module(
     weights_external: bool,
     weights_checksum: int,
     profile: bool = False,
+    specialized: Sequence[Plan] = (),
 ) -> ir.Module:
     """The LLVM module of a planned model; ``names`` are the input and output tensor names;
-    ``profile`` compiles in the per-kernel timers and the kernel table."""
+    ``profile`` compiles in the per-kernel timers and the kernel table; ``specialized`` are
+    static plans of the same model (same weights blob) for some input shapes."""
     module = create_module("kiln_model", target)
-    functions: dict[str, ir.Function] = {}
-    for call in plan.calls:
-        if call.kernel.name not in functions:
-            functions[call.kernel.name] = emit_kernel(module, call.kernel, target)
-    run = _plan_function(module, plan, functions, profile)
+    run = _plan_function(module, plan, _kernels(module, plan, target, ""), profile,
+                         "kiln__plan_run")
+    entries = []
+    for number, static in enumerate(specialized):
+        prefix = f"s{number}_"
+        function = _plan_function(module, static, _kernels(module, static, target, prefix),
+                                  False, f"kiln__plan_run_{prefix}")
+        extents = [int(d) for b in static.inputs for d in b.shape]
+        shapes = _constant(module, f"kiln__specialized.{number}", ir.ArrayType(
+            _I64, max(len(extents), 1)), [ir.Constant(_I64, d) for d in extents or [0]])
+        entries.append(ir.Constant(_SPECIALIZED, [shapes, function,
+                                                  ir.Constant(_I64, static.arena_bytes)]))
     input_names, output_names = names
     inputs = _tensor_table(module, "kiln__inputs", plan.inputs, input_names)
     outputs = _tensor_table(module, "kiln__outputs", plan.outputs, output_names)
@@ -117,17 +133,37 @@ def build_module(
         ir.Constant(_I32, len(plan.dims.names)),
         ir.Constant(_I32, len(plan.dynamic)),
         *_shape_functions(module, plan),
+        ir.Constant(_I32, len(entries)),
+        _constant(module, "kiln__specialized", ir.ArrayType(_SPECIALIZED, len(entries)), entries)
+        if entries else ir.Constant(_PTR, None),
     ])
     return module
 
 
+def _kernels(module: ir.Module, plan: Plan, target: Target, prefix: str
+             ) -> dict[str, ir.Function]:
+    """Each distinct kernel of ``plan`` emitted (named ``prefix`` + its name), by its name."""
+    functions: dict[str, ir.Function] = {}
+    for call in plan.calls:
+        if call.kernel.name not in functions:
+            kernel = replace(call.kernel, name=prefix + call.kernel.name)
+            functions[call.kernel.name] = emit_kernel(module, kernel, target)
+    return functions
+
+
+def _declared(module: ir.Module, name: str, type_: ir.FunctionType) -> ir.Function:
+    """The runtime service ``name``, declared once per module."""
+    found = module.globals.get(name)
+    return found if found is not None else ir.Function(module, type_, name)
+
+
 def _plan_function(module: ir.Module, plan: Plan, functions: dict[str, ir.Function],
-                   profile: bool) -> ir.Function:
-    failed = ir.Function(module, ir.FunctionType(_I32, [_PTR]), FAILED_SYMBOL)
+                   profile: bool, name: str) -> ir.Function:
+    failed = _declared(module, FAILED_SYMBOL, ir.FunctionType(_I32, [_PTR]))
     if profile:
         begin = ir.Function(module, _PROFILE_HOOK, PROFILE_BEGIN_SYMBOL)
         end = ir.Function(module, _PROFILE_HOOK, PROFILE_END_SYMBOL)
-    run = ir.Function(module, _RUN_TYPE, "kiln__plan_run")
+    run = ir.Function(module, _RUN_TYPE, name)
     ctx, inputs, outputs, arena, weights, dims_arg = run.args
     builder = ir.IRBuilder(run.append_basic_block("entry"))
     dims = _Extents(builder, dims_arg)
@@ -136,10 +172,10 @@ def _plan_function(module: ir.Module, plan: Plan, functions: dict[str, ir.Functi
         Place.OUTPUT: builder.bitcast(outputs, _PTR.as_pointer()),
     }
     if plan.arena_extent is not None:
-        grow = ir.Function(module, ir.FunctionType(_PTR, [_PTR, _I64]), ARENA_SYMBOL)
+        grow = _declared(module, ARENA_SYMBOL, ir.FunctionType(_PTR, [_PTR, _I64]))
         arena = _allocated(builder, builder.call(grow, [ctx, dims.value(plan.arena_extent)]))
     bases = {Place.ARENA: arena, Place.WEIGHT: weights}
-    dynamic_fn = ir.Function(module, ir.FunctionType(_PTR, [_PTR, _I32, _I64]), DYNAMIC_SYMBOL)
+    dynamic_fn = _declared(module, DYNAMIC_SYMBOL, ir.FunctionType(_PTR, [_PTR, _I32, _I64]))
     dynamic: dict[int, ir.Value] = {}
     for index, call in enumerate(plan.calls):
         for number, buffer in enumerate(plan.dynamic):
@@ -177,8 +213,8 @@ def _check_not_negative(module: ir.Module, builder: ir.IRBuilder, ctx: ir.Value,
                         dims: _Extents, slot: int, name: str, call: int) -> None:
     """Stop the run with a reported error when a kernel set extent ``slot`` negative (a value
     the lowering should have rejected; never a buffer of negative size)."""
-    report = module.globals.get(REPORT_ERROR_SYMBOL) or ir.Function(
-        module, ir.FunctionType(ir.VoidType(), [_PTR, _PTR]), REPORT_ERROR_SYMBOL)
+    report = _declared(module, REPORT_ERROR_SYMBOL,
+                       ir.FunctionType(ir.VoidType(), [_PTR, _PTR]))
     value = builder.load(builder.gep(dims.dims, [ir.Constant(_I64, slot)]))
     with builder.if_then(builder.icmp_signed("<", value, ir.Constant(_I64, 0)), likely=False):
         message = _cstring(module, f"kiln__negative.{call}.{slot}",

@@ -17,7 +17,7 @@ Outputs of run-time shape are dynamic buffers the caller reads after the run.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -128,22 +128,39 @@ def contains_report(stmt: Stmt) -> bool:
     return False
 
 
-def make_plan(lowered: LoweredGraph, bounds: Mapping[str, tuple[int, int]] | None = None
-              ) -> Plan:
+def read_constants(lowered: LoweredGraph) -> list[str]:
+    """The constants some kernel (or the graph's outputs) reads, by name: a weight a lowering
+    re-laid into a derived constant is dropped."""
+    read = {b.name for step in lowered.steps for k in step.kernels for b in k.params}
+    read.update(b.name for b in lowered.outputs)
+    return sorted(n for n in lowered.constants if n in read)
+
+
+def pack_constants(graphs: Sequence[LoweredGraph]) -> tuple[bytes, dict[str, int]]:
+    """One weights blob for the constants the lowered graphs read (plans of one model at
+    several shapes share it: a constant's name identifies its content), and their offsets."""
+    arrays: dict[str, np.ndarray] = {}
+    for lowered in graphs:
+        for name in read_constants(lowered):
+            arrays.setdefault(name, lowered.constants[name])
+    names = sorted(arrays)
+    blob, offsets = pack_weights([arrays[n] for n in names])
+    return blob, dict(zip(names, offsets, strict=True))
+
+
+def make_plan(lowered: LoweredGraph, bounds: Mapping[str, tuple[int, int]] | None = None,
+              shared: tuple[bytes, dict[str, int]] | None = None) -> Plan:
     """Place every buffer of ``lowered`` and order its kernel calls; ``bounds`` (symbol ->
-    smallest, largest extent) size the arena of a plan with run-time extents up front."""
+    smallest, largest extent) size the arena of a plan with run-time extents up front;
+    ``shared`` is a weights blob packed for several plans (``pack_constants``)."""
     bounds = dict(bounds or {})
     locations: dict[str, Location] = {
         b.name: Location(Place.INPUT, i) for i, b in enumerate(lowered.inputs)
     }
     locations[DIMS.name] = Location(Place.DIMS, 0)
-    # constants no kernel reads (weights a lowering re-laid into a derived constant) are dropped
-    read = {b.name for step in lowered.steps for k in step.kernels for b in k.params}
-    read.update(b.name for b in lowered.outputs)
-    names = sorted(n for n in lowered.constants if n in read)
-    weights, weight_offsets = pack_weights([lowered.constants[n] for n in names])
-    for name, offset in zip(names, weight_offsets, strict=True):
-        locations[name] = Location(Place.WEIGHT, offset)
+    weights, weight_offsets = shared if shared is not None else pack_constants([lowered])
+    for name in read_constants(lowered):
+        locations[name] = Location(Place.WEIGHT, weight_offsets[name])
 
     produced: set[str] = set()
     for step in lowered.steps:

@@ -584,6 +584,11 @@ KILN_API kiln_status kiln_create(int32_t num_threads, const char *weights_path,
         return fail(KILN_ERROR_THREADS, "kiln_create: cannot create a condition variable");
     }
     int64_t arena_bytes = kiln__model.arena_bytes > 0 ? kiln__model.arena_bytes : 64;
+    for (int32_t s = 0; s < kiln__model.num_specialized; s++) {
+        if (kiln__model.specialized[s].arena_bytes > arena_bytes) {
+            arena_bytes = kiln__model.specialized[s].arena_bytes;
+        }
+    }
     void *arena = NULL;
     if (posix_memalign(&arena, 64, (size_t)arena_bytes) != 0) {
         kiln_destroy(inst);
@@ -653,14 +658,14 @@ static kiln_status check_buffers(const char *what, const kiln_tensor_info *table
     return KILN_OK;
 }
 
-/* Run the plan on a held instance whose dims are bound. */
-static kiln_status run_plan(kiln_instance *inst, const void *const *inputs, void *const *outputs,
-                            const char *what) {
+/* Run the plan `run` on a held instance whose dims are bound. */
+static kiln_status run_plan(kiln_instance *inst, kiln_run_fn run, const void *const *inputs,
+                            void *const *outputs, const char *what) {
     atomic_store(&inst->failed, 0);
     atomic_store(&inst->failure_message, NULL);
     inst->has_run = 0;
     int64_t begin = inst->profile != NULL ? now_ns() : 0;
-    int32_t code = kiln__model.run(inst, inputs, outputs, inst->arena, inst->weights, inst->dims);
+    int32_t code = run(inst, inputs, outputs, inst->arena, inst->weights, inst->dims);
     if (inst->profile != NULL) {
         inst->profile->runs += 1;
         inst->profile->run_ns += now_ns() - begin;
@@ -716,7 +721,7 @@ KILN_API kiln_status kiln_run(kiln_instance *inst, const void *const *inputs,
     }
     if (status == KILN_OK) status = take(inst, "kiln_run");
     if (status != KILN_OK) return status;
-    status = run_plan(inst, inputs, outputs, "kiln_run");
+    status = run_plan(inst, kiln__model.run, inputs, outputs, "kiln_run");
     for (int32_t j = 0; status == KILN_OK && j < kiln__model.num_outputs; j++) {
         inst->output_data[j] = outputs[j];
     }
@@ -813,6 +818,21 @@ KILN_API kiln_status kiln_infer_shapes(const int64_t *const *input_shapes,
     return status;
 }
 
+/* The specialized plan whose input shapes are `shapes`, else the general plan. */
+static kiln_run_fn plan_for(const int64_t *const *shapes) {
+    for (int32_t s = 0; s < kiln__model.num_specialized; s++) {
+        const int64_t *extents = kiln__model.specialized[s].input_extents;
+        int match = 1;
+        for (int32_t i = 0; match && i < kiln__model.num_inputs; i++) {
+            for (int32_t d = 0; match && d < kiln__model.inputs[i].rank; d++) {
+                match = shapes[i][d] == *extents++;
+            }
+        }
+        if (match) return kiln__model.specialized[s].run;
+    }
+    return kiln__model.run;
+}
+
 KILN_API kiln_status kiln_run_shaped(kiln_instance *inst, const void *const *inputs,
                                      const int64_t *const *input_shapes, void *const *outputs) {
     const char *what = "kiln_run_shaped";
@@ -866,7 +886,7 @@ KILN_API kiln_status kiln_run_shaped(kiln_instance *inst, const void *const *inp
         }
         at += info->rank;
     }
-    if (status == KILN_OK) status = run_plan(inst, inputs, targets, what);
+    if (status == KILN_OK) status = run_plan(inst, plan_for(input_shapes), inputs, targets, what);
     if (status == KILN_OK) {
         if (kiln__model.num_dynamic > 0) output_shapes(inst->dims, 0, inst->output_shapes);
         const int64_t *shape = inst->output_shapes;

@@ -45,6 +45,14 @@ typedef struct kiln_profile_desc {
     const kiln_kernel_info *kernels;  /* num_kernels entries, in plan order */
 } kiln_profile_desc;
 
+/* A static plan of a model with run-time extents, for the input shapes `input_extents` (every
+ * input's extents in input order): run instead of the general plan when the shapes match. */
+typedef struct kiln_specialized_plan {
+    const int64_t *input_extents;
+    kiln_run_fn run;
+    int64_t arena_bytes;
+} kiln_specialized_plan;
+
 typedef struct kiln_model_desc {
     int32_t abi_version;          /* KILN_ABI_VERSION */
     int32_t num_inputs;
@@ -63,6 +71,8 @@ typedef struct kiln_model_desc {
     kiln_bind_fn bind;            /* NULL for a static model */
     kiln_shapes_fn shapes;        /* NULL for a static model */
     const int32_t *output_dynamic; /* per output: the dynamic buffer holding it, or -1 */
+    int32_t num_specialized;
+    const kiln_specialized_plan *specialized; /* num_specialized static plans */
 } kiln_model_desc;
 
 /* Defined by the generated code. */

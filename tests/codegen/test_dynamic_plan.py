@@ -238,3 +238,51 @@ def test_static_only_artifacts_refuse_free_extents(what: str, tmp_path: Path) ->
             build_bundle(graph, tmp_path / "model.o")  # type: ignore[arg-type]
     # bound, both build
     assert build(graph, target="cuda", input_shapes={"x": (2, 4)})  # type: ignore[arg-type]
+
+
+def _plan_functions(library: Path) -> list[str]:
+    symbols = subprocess.run(["nm", str(library)], capture_output=True, text=True, check=True)
+    return sorted(line.split()[-1] for line in symbols.stdout.splitlines()
+                  if "kiln__plan_run" in line)
+
+
+def _two_input_graph() -> object:
+    from kiln.compiler.ir.builder import GraphBuilder
+    from kiln.compiler.ir.op import Op
+    from kiln.compiler.ir.types import TensorType
+
+    builder = GraphBuilder("two")
+    x = builder.add_input("x", TensorType(DType.F32, ("batch", "seq", 8)))
+    w = builder.constant(np.random.default_rng(0).standard_normal((8, 5)).astype(np.float32))
+    scores = builder.add1(Op.SOFTMAX, [builder.add1(Op.MATMUL, [x, w])], {"axis": 1})
+    return builder.finish([scores])
+
+
+def test_specialized_plans_run_when_the_shapes_match() -> None:
+    from kiln.compiler import reference
+    from kiln.compiler.driver import build
+
+    graph = _two_input_graph()
+    exe = build(graph, specialize=[{"x": (1, 16, 8)}, {"x": (4, 3, 8)}])  # type: ignore[arg-type]
+    assert _plan_functions(exe.library) == ["kiln__plan_run", "kiln__plan_run_s0_",
+                                            "kiln__plan_run_s1_"]
+    general = build(graph, specialize=[])  # type: ignore[arg-type]
+    assert _plan_functions(general.library) == ["kiln__plan_run"]
+    for shape in ((1, 16, 8), (4, 3, 8), (2, 16, 8), (1, 3, 8)):  # specialized, then general
+        x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
+        (expected,) = reference.run(graph, {"x": x})  # type: ignore[arg-type]
+        for library in (exe, general):
+            np.testing.assert_allclose(library.run({"x": x})[0], expected, rtol=1e-5,
+                                       atol=1e-6)
+
+
+def test_batch_one_is_specialized_by_default_for_a_free_batch_only(tmp_path: Path) -> None:
+    from kiln.compiler.driver import build
+
+    free_batch = build(_free_batch_graph())  # type: ignore[arg-type]
+    assert _plan_functions(free_batch.library) == ["kiln__plan_run", "kiln__plan_run_s0_"]
+    free_sequence = build(_two_input_graph())  # type: ignore[arg-type]
+    assert _plan_functions(free_sequence.library) == ["kiln__plan_run"]
+    for batch in (1, 2):
+        x = np.linspace(-1, 1, batch * 4, dtype=np.float32).reshape(batch, 4)
+        np.testing.assert_array_equal(free_batch.run({"x": x})[0], np.maximum(x, 0))

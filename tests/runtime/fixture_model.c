@@ -105,5 +105,5 @@ extern const uint8_t kiln__weights[];
 const kiln_model_desc kiln__model = {
     KILN_ABI_VERSION, 4, 5, WEIGHTS_EXTERNAL, inputs, outputs,
     N * sizeof(float) + 64, WEIGHTS_BYTES, WEIGHTS_POINTER, KILN_TEST_CHECKSUM, plan_run, NULL,
-    0, 0, NULL, NULL, NULL,
+    0, 0, NULL, NULL, NULL, 0, NULL,
 };

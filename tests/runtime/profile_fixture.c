@@ -97,5 +97,5 @@ static const kiln_profile_desc profile = {3, kernels};
 
 const kiln_model_desc kiln__model = {
     KILN_ABI_VERSION, 3, 1, 0, inputs, outputs, 64, 0, NULL, 0, plan_run, PROFILE,
-    0, 0, NULL, NULL, NULL,
+    0, 0, NULL, NULL, NULL, 0, NULL,
 };
