@@ -148,6 +148,10 @@ def _kernels(module: ir.Module, plan: Plan, target: Target, prefix: str
         if call.kernel.name not in functions:
             kernel = replace(call.kernel, name=prefix + call.kernel.name)
             functions[call.kernel.name] = emit_kernel(module, kernel, target)
+            if not plan.is_static:
+                # inlined into the plan function, a kernel's loops over run-time extents lose
+                # the noalias parameters they vectorize with (LLVM leaves them scalar)
+                functions[call.kernel.name].attributes.add("noinline")
     return functions
 
 

@@ -11,11 +11,17 @@ here. The BERT-style encoder's layers use ``nn.MultiheadAttention``, whose Torch
 writes the traced sequence length into a Reshape: that export keeps only its batch free; the
 bare ``nn.TransformerEncoderLayer`` only the dynamo exporter can export at all.
 
+Also with a free batch: a QDQ-quantized CNN (quant_fusion's integer layers, bit-exact with
+onnxruntime) and tf2onnx's Keras CNN and LSTM (slow: TensorFlow), optimized as with a static
+batch (blocked convolutions, moves folded into the Dense weights, a batch-major LSTM).
+
 Passes: hand-built graphs with a symbolic batch (and sequence) through the passes that rewrite
 them, checked against the numpy reference executor at several sizes (and, for layout
 selection, a compiled library): a rewrite re-emitting a Reshape fed by a Shape chain keeps the
-symbols of its type, a rewrite whose type the rules cannot prove is refused, NCHW[b]c blocking
-with a symbolic batch (also from NHWC), BatchNorm folding and simplification.
+symbols of its type; a rewrite whose type the rules cannot prove, or whose nodes they reject,
+is refused; NCHW[b]c blocking with a symbolic batch (also from NHWC); moves before a Dense
+folded into its weights; BatchNorm folding; simplification (reshape chains, no-op reshapes,
+Expand into a broadcast).
 """
 
 from __future__ import annotations
@@ -130,6 +136,7 @@ SPECS: dict[str, Spec] = {
             "tokens": rng.standard_normal((batch, seq, 32)).astype(np.float32)},
         ("encoded",), {"tokens": {0: "batch", 1: "seq"}, "encoded": {0: "batch", 1: "seq"}},
         exporters=("dynamo",)),
+    # GPT-2 and BERT: 64 positions, so sequences up to 64.
     "gpt2_style_decoder": Spec(lambda zoo: zoo.GPT2StyleDecoder(100, 64, 32, 4, 2), _ids(100),
                                ("logits",), {**TOKEN_AXES, "logits": {0: "batch", 1: "seq"}}),
     "bert_style_encoder": Spec(
@@ -240,12 +247,14 @@ def test_quantized_cnn_with_a_dynamic_batch(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("channels", [3, 16])
-def test_keras_cnn_with_a_free_batch(channels: int, tmp_path: Path) -> None:
-    """tf2onnx's Keras CNN (NHWC, Transposes at the image and before the Flatten) with its
-    batch left free: at -O3 as with a static batch, the convolutions run blocked (16 channels:
-    made from NHWC in one reorder), the moves before the Dense fold into its weights, and only
-    the image's reorder is left; one library matches onnxruntime at every batch."""
+@pytest.mark.parametrize("model", ["cnn_3", "cnn_16", "lstm"])
+def test_keras_model_with_a_free_batch(model: str, tmp_path: Path) -> None:
+    """tf2onnx's Keras models (tests/frameworks/keras_models.py) with their batch left free,
+    at -O3 optimized as with a static batch. The CNN (NHWC, Transposes at the image and before
+    the Flatten): the convolutions run blocked (16 channels: made from NHWC in one reorder),
+    the moves before the Dense fold into its weights, only the image's reorder is left. The
+    LSTM (time-major between batch <-> time Transposes) runs batch-major on the input.
+    One library matches onnxruntime at every batch."""
     import os
     import sys
 
@@ -259,19 +268,28 @@ def test_keras_cnn_with_a_free_batch(channels: int, tmp_path: Path) -> None:
     from kiln.compiler.passes.pipeline import optimize
     from kiln.frontends.onnx import load_onnx
 
-    exported = keras_models.cnn(tmp_path, batch=2, channels=channels)
+    kind, _, channels = model.partition("_")
+    exported = (keras_models.cnn(tmp_path, batch=2, channels=int(channels)) if kind == "cnn"
+                else keras_models.lstm(tmp_path))
     graph = load_onnx(exported.path)
     assert not isinstance(graph.inputs[0].type.shape[0], int)
     optimized = optimize(graph, 3, verify_each=True, stop_after="absorb_moves")
-    assert Op.CONV not in _ops(optimized) and Op.LAYOUT_TRANSFORM not in _ops(optimized)
-    assert _ops(optimized).count(Op.TRANSPOSE) == 1  # the image's
+    if kind == "cnn":
+        assert Op.CONV not in _ops(optimized) and Op.LAYOUT_TRANSFORM not in _ops(optimized)
+        assert _ops(optimized).count(Op.TRANSPOSE) == 1  # the image's
+    else:
+        (lstm,) = [n for n in optimized.nodes if n.op is Op.LSTM]
+        # reads the batch-major sequence as it is (only its zero initial states, expanded to
+        # the run-time batch, are transposed)
+        assert lstm.attrs["layout"] == 1 and lstm.inputs[0] is optimized.inputs[0]
     executable = build(graph, opt_level=3, verify_each=True)
     session = onnxruntime.InferenceSession(str(exported.path),
                                            providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(8)
     for batch in (1, 3):
-        image = {"x": rng.standard_normal((batch, 16, 16, channels)).astype(np.float32)}
-        np.testing.assert_allclose(executable.run(image)[0], session.run(None, image)[0],
+        inputs = {"x": rng.standard_normal((batch, *exported.inputs["x"].shape[1:])).astype(
+            np.float32)}
+        np.testing.assert_allclose(executable.run(inputs)[0], session.run(None, inputs)[0],
                                    err_msg=f"at batch {batch}", **VS_ONNXRUNTIME)
 
 

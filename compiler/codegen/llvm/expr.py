@@ -146,6 +146,9 @@ class ExprEmitter:
     def address(self, buffer: Buffer, indices: Sequence[ir.Value]) -> ir.Value:
         raise NotImplementedError
 
+    def load(self, buffer: Buffer, pointer: ir.Value) -> ir.Value:
+        return load_value(self.builder, pointer, buffer.dtype)
+
     def expr(self, node: Expr) -> ir.Value:
         """The value of ``node``; shared subexpressions are emitted once per call."""
         return self._expr(node, {})
@@ -164,7 +167,7 @@ class ExprEmitter:
             return self.variable(node)
         if isinstance(node, Load):
             indices = [self._expr(i, memo) for i in node.indices]
-            return load_value(b, self.address(node.buffer, indices), node.buffer.dtype)
+            return self.load(node.buffer, self.address(node.buffer, indices))
         if isinstance(node, Unary):
             return self.unary(node.op, self._expr(node.x, memo), node.x.dtype)
         if isinstance(node, Binary):

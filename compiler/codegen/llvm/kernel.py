@@ -10,6 +10,7 @@ metadata, parallel loops are outlined (``parallel.py``), and ``Report`` calls
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +18,9 @@ from typing import TypeAlias
 
 from llvmlite import ir
 
+from ...lower.inline import accesses
 from ...lower.kernel_ir import (
+    DIMS,
     Assign,
     Binary,
     Block,
@@ -37,7 +40,7 @@ from ...lower.kernel_ir import (
 )
 from ..target import CodegenError, Target
 from . import math as fmath
-from .expr import ExprEmitter, constant, storage_type, store_value, value_type
+from .expr import ExprEmitter, constant, load_value, storage_type, store_value, value_type
 from .matmul_tile import emit_matmul_tile
 from .parallel import outline_parallel, stmt_exprs, walk_stmts
 
@@ -94,6 +97,18 @@ class FunctionEmitter(ExprEmitter):
         self.entry = function.append_basic_block("entry")
         self.allocas = ir.IRBuilder(self.entry)
         self.builder = ir.IRBuilder(function.append_basic_block("start"))
+
+    def load(self, buffer: Buffer, pointer: ir.Value) -> ir.Value:
+        value = load_value(self.builder, pointer, buffer.dtype)
+        if buffer == DIMS and not self._writes_dims:
+            # the run's extents never change inside a kernel that does not set them: marked
+            # invariant, their loads hoist out of loops and leave them vectorizable
+            value.set_metadata("invariant.load", self.module.add_metadata([]))
+        return value
+
+    @functools.cached_property
+    def _writes_dims(self) -> bool:
+        return accesses(self.kernel.body, DIMS.name)[0] > 0
 
     def spawn(self, function: ir.Function, buffers: dict[str, ir.Value],
               ctx: ir.Value) -> FunctionEmitter:
