@@ -170,7 +170,18 @@ class Model:
         if arrays is None:
             arrays = self._check_inputs(inputs)
         if not self.is_static:
-            return self._run_shaped(handle, arrays)
+            key = tuple([a.shape for a in arrays])
+            last, signature = self._last
+            if key != last or signature is None:
+                signature = self._signature(key)
+                self._last = key, signature
+            if signature.complete:
+                outputs = [np.empty(shape, dtype) for shape, dtype in signature.allocations]
+                self._library.run_shaped(handle, self._in_ptrs(*map(_address, arrays)),
+                                         signature.pointers,
+                                         self._out_ptrs(*map(_address, outputs)))
+                return outputs
+            return self._run_partial(handle, arrays, signature)
         outputs = [np.empty(info.shape, info.dtype) for info in self.outputs]
         # fresh pointer arrays per call: a concurrent call on this instance (refused as busy by
         # the native side) must not overwrite the pointers of the run in progress
@@ -205,19 +216,14 @@ class Model:
                                                        allocations)
         return found
 
-    def _run_shaped(self, handle: ctypes.c_void_p, arrays: list[np.ndarray]
-                    ) -> list[np.ndarray]:
-        """A run of a model with run-time extents: outputs whose shapes follow from the input
-        shapes go straight to fresh arrays, the others are copied out of the instance."""
-        key = tuple([a.shape for a in arrays])
-        signature = self._last[1] if key == self._last[0] else self._signature(key)
-        self._last = key, signature
+    def _run_partial(self, handle: ctypes.c_void_p, arrays: list[np.ndarray],
+                     signature: _Signature) -> list[np.ndarray]:
+        """A run where some outputs' shapes depend on values: those are copied out of the
+        instance after the run, the others go straight to fresh arrays."""
         outputs = [None if alloc is None else np.empty(*alloc) for alloc in signature.allocations]
         in_ptrs = self._in_ptrs(*map(_address, arrays))
         out_ptrs = self._out_ptrs(*[None if out is None else _address(out) for out in outputs])
         self._library.run_shaped(handle, in_ptrs, signature.pointers, out_ptrs)
-        if None not in signature.allocations:
-            return outputs  # type: ignore[return-value]
         results = []
         for index, (info, out) in enumerate(zip(self.outputs, outputs, strict=True)):
             if out is None:
@@ -291,6 +297,11 @@ class _Signature:
     pointers: ctypes.Array  # type: ignore[type-arg]
     outputs: tuple[tuple[int | None, ...], ...]  # None: an extent that depends on values
     allocations: tuple[tuple[tuple[int, ...], np.dtype] | None, ...]  # None: read after the run
+
+    @property
+    def complete(self) -> bool:
+        """Every output's shape follows from the input shapes."""
+        return None not in self.allocations
 
 
 def _address(array: np.ndarray) -> int:

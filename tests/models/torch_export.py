@@ -59,7 +59,8 @@ def export(
 
 
 def _dynamic_shapes(input_names: Sequence[str],
-                    dynamic_axes: Mapping[str, Mapping[int, str]] | None) -> tuple[object, ...] | None:
+                    dynamic_axes: Mapping[str, Mapping[int, str]] | None
+                    ) -> tuple[object, ...] | None:
     """torch.export's form of ``dynamic_axes`` (one ``Dim`` per symbol name, shared by every
     input using it), positional over the inputs; None without dynamic axes."""
     if not dynamic_axes:
