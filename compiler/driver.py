@@ -279,8 +279,13 @@ def _plan(graph: Graph, options: _Options, phase: _Phases, specializing: bool = 
     variants: list[LoweredGraph] = []
     if specializing and not lowered.is_static:
         for shapes in options.specializations(static, bounds):
-            fixed = optimize(specialize(static, shapes), opt_level, machine=machine)
-            variant = phase("specialize plans", lower, fixed)
+            try:
+                fixed = optimize(specialize(static, shapes), opt_level, machine=machine)
+                variant = phase("specialize plans", lower, fixed)
+            except KilnError as error:
+                if options.specialize is not None:  # asked for: say why it cannot be
+                    raise KilnError(f"specializing for {shapes}: {error}") from error
+                continue  # the default batch-1 plan is an optimization: the general one runs
             if variant.is_static:  # (values may still set extents: no static plan then)
                 variants.append(variant)
     shared = pack_constants([lowered, *variants])

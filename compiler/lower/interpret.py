@@ -92,7 +92,23 @@ def concrete_shape(shape: tuple[int | Expr, ...], dims: np.ndarray | None) -> tu
     if dims is None:
         raise ExecutionError(f"shape {list(shape)} has run-time extents but no dims were given")
     evaluator = _Interpreter({DIMS.name: dims})
-    return tuple(d if isinstance(d, int) else int(evaluator.expr(d, {})) for d in shape)
+    memo: dict[int, np.generic] = {}
+    return tuple(d if isinstance(d, int) else int(_extent(d, evaluator, memo)) for d in shape)
+
+
+def _extent(node: Expr, evaluator: _Interpreter, memo: dict[int, np.generic]) -> np.generic:
+    """The value of an extent expression, each shared part once (a plan's arena size is a DAG
+    of maxima over every tensor's end: evaluated as a tree it would take exponential time)."""
+    found = memo.get(id(node))
+    if found is None:
+        if isinstance(node, Binary):
+            a, b = _extent(node.a, evaluator, memo), _extent(node.b, evaluator, memo)
+            with np.errstate(all="ignore"):
+                found = scalar(_binary(node.op, a, b, node.dtype), node.dtype)
+        else:
+            found = evaluator.expr(node, {})
+        memo[id(node)] = found
+    return found
 
 
 def scalar(value: object, dtype: DType) -> np.generic:
