@@ -46,7 +46,8 @@ from .codegen.target import Target
 from .errors import KilnError
 from .ir import symbolic
 from .ir.graph import Graph
-from .lower.from_graph import LoweredGraph, lower_graph, require_static
+from .lower.from_graph import LoweredGraph, lower_graph, read_input_dims, require_static
+from .lower.interpret import concrete_shape
 from .lower.kernel_ir import Buffer
 from .passes.pipeline import PassStats, optimize
 from .passes.specialize import specialize
@@ -286,11 +287,28 @@ def _plan(graph: Graph, options: _Options, phase: _Phases, specializing: bool = 
                 if options.specialize is not None:  # asked for: say why it cannot be
                     raise KilnError(f"specializing for {shapes}: {error}") from error
                 continue  # the default batch-1 plan is an optimization: the general one runs
-            if variant.is_static:  # (values may still set extents: no static plan then)
+            if _agrees(lowered, variant, shapes):
                 variants.append(variant)
     shared = pack_constants([lowered, *variants])
     plan: Plan = phase("plan", make_plan, lowered, bounds, shared)
     return static, plan, pass_rows, [make_plan(v, None, shared) for v in variants]
+
+
+def _agrees(general: LoweredGraph, variant: LoweredGraph,
+            shapes: Mapping[str, Sequence[int]]) -> bool:
+    """Whether a specialized plan may stand in for the general one at ``shapes``: it is static
+    (values may still set extents: then it is no static plan) and its outputs are what the
+    general plan's would be there (a Squeeze of a free extent that is 1 changes the rank)."""
+    if not variant.is_static or [(b.dtype, len(b.shape)) for b in general.outputs] != [
+            (b.dtype, len(b.shape)) for b in variant.outputs]:
+        return False
+    dims = read_input_dims(general.dims, [np.empty(shapes[b.name], np.uint8)
+                                          for b in general.inputs])
+    try:
+        return all(concrete_shape(g.shape, dims) == v.shape
+                   for g, v in zip(general.outputs, variant.outputs, strict=True))
+    except KilnError:  # an output extent that depends on values
+        return False
 
 
 def _compile(graph: Graph, options: _Options, phase: _Phases, profile: bool) -> _Compiled:

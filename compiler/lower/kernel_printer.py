@@ -100,10 +100,16 @@ def print_kernel(kernel: Kernel) -> str:
 
 def format_buffer(buffer: Buffer) -> str:
     """``%name: dtype[shape]``, with ``strides [...]`` when they are explicit."""
-    text = f"{value_ref(buffer.name)}: {TensorType(buffer.dtype, buffer.shape)}"
+    extents = tuple(_extent(d) for d in buffer.shape)
+    text = f"{value_ref(buffer.name)}: {TensorType(buffer.dtype, extents)}"  # type: ignore[arg-type]
     if buffer.strides is not None:
-        text += f" strides [{', '.join(str(s) for s in buffer.strides)}]"
+        text += f" strides [{', '.join(_extent(s) for s in buffer.strides)}]"
     return text
+
+
+def _extent(extent: int | Expr) -> str:
+    """A static extent, or a run-time one as its expression in parentheses."""
+    return str(extent) if isinstance(extent, int) else f"({format_expr(extent)})"
 
 
 def format_expr(expr: Expr) -> str:

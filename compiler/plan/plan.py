@@ -89,7 +89,7 @@ class Plan:
     weights: bytes
     arena_bytes: int  # allocated up front: exact when static, else at the bounds or minimal
     unshared_bytes: int  # the arena a planner without buffer reuse would need
-    dims: DimTable
+    dims: DimTable = field(default_factory=DimTable)  # none: a static plan
     arena_extent: Expr | None = None  # the arena's size for a run (None: arena_bytes)
     dynamic: tuple[DynamicBuffer, ...] = ()
     output_dynamic: tuple[int, ...] = ()  # per output: its dynamic buffer, or -1

@@ -22,11 +22,7 @@ pytest.importorskip("tf2onnx", reason="pip install tf2onnx")
 
 import keras_models  # noqa: E402
 from e2e import compile_and_run, onnxruntime_run  # noqa: E402
-from matrix import check_and_record, record  # noqa: E402
-
-from kiln.compiler import build  # noqa: E402
-from kiln.compiler.errors import KilnError  # noqa: E402
-from kiln.frontends.onnx import load_onnx  # noqa: E402
+from matrix import check_and_record  # noqa: E402
 
 VS_ONNXRUNTIME = {"rtol": 1e-4, "atol": 1e-5}
 VS_KERAS = {"rtol": 1e-4, "atol": 1e-4}
@@ -34,6 +30,7 @@ MODELS: dict[str, Callable[[Path], keras_models.KerasExport]] = {
     "CNN (Conv2D/BatchNorm/MaxPool/Dense, NHWC)": keras_models.cnn,
     "LSTM": keras_models.lstm,
     "Bidirectional LSTM": keras_models.bidirectional_lstm,
+    "GRU (a Loop in ONNX)": keras_models.gru,
 }
 
 
@@ -45,18 +42,3 @@ def test_keras_model(name: str, tmp_path: Path) -> None:
     for ours, theirs in zip(got, keras_models.keras_outputs(exported), strict=True):
         np.testing.assert_allclose(ours, theirs, err_msg=f"{name}: kiln vs keras", **VS_KERAS)
     check_and_record("TensorFlow/Keras", "tf2onnx", name, got, expected, **VS_ONNXRUNTIME)
-
-
-def test_keras_gru_is_refused_clearly(tmp_path: Path) -> None:
-    """tf2onnx exports Keras 3's GRU as a Loop with run-time output shapes, which Kiln does
-    not compile yet: the row says so, and the error names the loop (``kiln compile`` prints
-    it and exits 1; ``build`` raises it)."""
-    exported = keras_models.gru(tmp_path)
-    np.testing.assert_allclose(onnxruntime_run(exported.path, exported.inputs)[0],
-                               keras_models.keras_outputs(exported)[0], **VS_KERAS)
-    with pytest.raises(KilnError, match="loop .*dynamic shapes are not supported") as error:
-        build(load_onnx(exported.path), input_shapes={"x": exported.inputs["x"].shape})
-    assert "gru" in str(error.value)
-    record("TensorFlow/Keras", "tf2onnx", "GRU", "unsupported", None,
-           note="tf2onnx exports it as an ONNX Loop whose outputs have run-time shapes, which "
-                "Kiln does not compile yet")

@@ -112,6 +112,12 @@ def test_run_time_axes_reducing_everything() -> None:
         check_node(op, [data[:1].reshape(1, 1, 1), np.array([0, 2])], {"keepdims": 1})
 
 
+ARG_CASES = [(axis, keepdims, last) for axis in (0, 1, -1) for keepdims in (0, 1)
+             for last in (0, 1)]
+
+
+@pytest.mark.parametrize(("axis", "keepdims", "last"), ARG_CASES, ids=str)
+@pytest.mark.parametrize("op", [Op.ARGMAX, Op.ARGMIN], ids=lambda op: op.value)
 def test_arg_reduce(op: Op, axis: int, keepdims: int, last: int) -> None:
     """Ties (small integers) pick the first or last index; NaN counts as the extreme."""
     attrs = {"axis": axis, "keepdims": keepdims, "select_last_index": last}
