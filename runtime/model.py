@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -193,10 +193,9 @@ class Model:
     def infer_shapes(self, shapes: Mapping[str, Any]) -> list[tuple[int | None, ...]]:
         """The output shapes that ``{input name: shape}`` implies, without running; None for
         an extent that depends on input values."""
-        given = {name: np.empty(tuple(shape), np.uint8) for name, shape in shapes.items()}
-        arrays = self._check_names(given)
-        self._check_ranks(arrays)
-        return list(self._signature(tuple(a.shape for a in arrays)).outputs)
+        key = tuple(tuple(int(d) for d in shape) for shape in self._check_names(shapes))
+        self._check_ranks(key)
+        return list(self._signature(key).outputs)
 
     def _signature(self, key: tuple[tuple[int, ...], ...]) -> _Signature:
         """The shape arrays and output shapes of one combination of input shapes (checked by
@@ -251,16 +250,17 @@ class Model:
         return arrays
 
     def _check_inputs(self, inputs: Mapping[str, Any]) -> list[np.ndarray]:
-        arrays = self._check_names(inputs)
+        arrays = [np.asarray(value) for value in self._check_names(inputs)]
         for index, (info, code) in enumerate(zip(self.inputs, self._input_codes, strict=True)):
             if not _accepts(info.dtype, code, arrays[index].dtype):
                 raise KilnRuntimeError(
                     f"input '{info.name}': expected dtype {_expected_dtype(info, code)}, got "
                     f"{arrays[index].dtype}")
-        self._check_ranks(arrays)
+        self._check_ranks([a.shape for a in arrays])
         return [np.ascontiguousarray(a) for a in arrays]
 
-    def _check_names(self, inputs: Mapping[str, Any]) -> list[np.ndarray]:
+    def _check_names(self, inputs: Mapping[str, Any]) -> list[Any]:
+        """The values of ``inputs`` in input order; raises for a missing or unknown name."""
         expected_names = [info.name for info in self.inputs]
         missing = [name for name in expected_names if name not in inputs]
         unexpected = sorted(str(name) for name in inputs if name not in expected_names)
@@ -272,19 +272,19 @@ class Model:
                 parts.append(f"unexpected {unexpected}")
             raise KilnRuntimeError(
                 f"wrong input names: {'; '.join(parts)}; the model takes {expected_names}")
-        return [np.asarray(inputs[name]) for name in expected_names]
+        return [inputs[name] for name in expected_names]
 
-    def _check_ranks(self, arrays: list[np.ndarray]) -> None:
-        """Ranks and static extents (the native side checks the run-time ones)."""
-        for info, array in zip(self.inputs, arrays, strict=True):
-            if len(array.shape) != len(info.shape) or any(
-                    d is not None and d != n for d, n in zip(info.shape, array.shape,
-                                                             strict=True)):
+    def _check_ranks(self, shapes: Sequence[tuple[int, ...]]) -> None:
+        """Ranks and static extents of the input shapes (the native side checks the run-time
+        ones)."""
+        for info, shape in zip(self.inputs, shapes, strict=True):
+            if len(shape) != len(info.shape) or any(
+                    d is not None and d != n for d, n in zip(info.shape, shape, strict=True)):
                 expected = tuple("?" if d is None else d for d in info.shape)
                 raise KilnRuntimeError(
                     f"input '{info.name}': expected shape "
                     f"({', '.join(map(str, expected))}{',' if len(expected) == 1 else ''}), "
-                    f"got {array.shape}")
+                    f"got {shape}")
 
 
 # Input shape combinations a Model keeps checked (beyond it the cache starts over).

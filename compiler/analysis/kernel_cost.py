@@ -37,6 +37,7 @@ through the cache once. Scratch buffers the body touches count too; a buffer rea
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -104,11 +105,16 @@ def _bytes_moved(kernel: Kernel) -> int:
     return sum(_unit_size(sizes.get(name, nbytes)) for name, nbytes in touched.items())
 
 
+@functools.cache
+def _unit_dims() -> np.ndarray:
+    return np.ones(DIMS.shape[0], np.int64)  # type: ignore[arg-type]
+
+
 def _unit_size(nbytes: int | Expr) -> int:
     """A buffer's bytes, with every run-time extent at 1."""
     if isinstance(nbytes, int):
         return nbytes
-    return int(concrete_shape((nbytes,), np.ones(DIMS.shape[0], np.int64))[0])  # type: ignore[arg-type]
+    return int(concrete_shape((nbytes,), _unit_dims())[0])
 
 
 def _expr_flops(expr: Expr) -> int:

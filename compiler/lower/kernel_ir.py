@@ -153,10 +153,6 @@ def extent_add(a: int | Expr, b: int | Expr) -> int | Expr:
     return as_index(a) + b if isinstance(a, int) else a + b
 
 
-def is_static(extent: int | Expr) -> bool:
-    return isinstance(extent, int)
-
-
 class Expr:
     """Base of expressions; subclasses define ``dtype``. Operators build new expressions."""
 
